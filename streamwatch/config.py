@@ -1,0 +1,354 @@
+"""The one validated configuration file.
+
+Every option has a default, so an empty file (or none) is a valid config. Unknown keys are
+errors (``extra="forbid"``) and every error names its dotted key path. Detector settings are a
+discriminated union on ``detector.type``, so each detector validates only its own options.
+
+The file is TOML. Secrets never live in it: the MQTT password comes from an environment
+variable or a file, and is held as a ``SecretStr`` so it cannot leak into logs or dumps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_METRICS_PORT = 9847
+"""Not in Prometheus's default-port allocation list, so it clashes with no common exporter."""
+
+
+class ConfigError(Exception):
+    """A config problem the user must fix. ``lines`` holds one message per bad key."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Strict):
+    """TLS to the broker. Enabled by an ``mqtts://`` broker URL or ``enabled = true``."""
+
+    enabled: bool = False
+    ca_file: Path | None = Field(None, description="CA bundle; the system store when unset.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+    check_hostname: bool = Field(True, description="Verify the broker's name in its cert.")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
+
+
+class MQTTConfig(_Strict):
+    """Connection to the plant broker."""
+
+    broker: str = Field("mqtt://localhost:1883", description="mqtt://HOST:PORT or mqtts://")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; 3.1.1 for brokers without v5 (e.g. amqtt)."
+    )
+    client_id: str = Field("streamwatch", min_length=1, max_length=128)
+    topics: list[str] = Field(["sensors/#"], min_length=1, description="Filters to subscribe.")
+    qos: Literal[0, 1] = Field(1, description="Subscription QoS; 1 for no loss.")
+    username: str | None = None
+    password_env: str | None = Field(None, description="Name of an env var holding the password.")
+    password_file: Path | None = Field(None, description="File holding the password.")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(
+        86400, ge=0, description="MQTT 5 session expiry; >0 keeps queued readings across restarts."
+    )
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    alert_prefix: str = Field("streamwatch/alerts", min_length=1)
+    state_prefix: str = Field("streamwatch/state", min_length=1)
+    status_topic: str = Field("streamwatch/status", min_length=1)
+    tls: TLSConfig = TLSConfig()
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return v
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_filters(cls, v: list[str]) -> list[str]:
+        for f in v:
+            levels = f.split("/")
+            if not f or any(("#" in lv and lv != "#") or ("+" in lv and lv != "+") for lv in levels):
+                raise ValueError(f"invalid topic filter {f!r}")
+            if "#" in levels[:-1]:
+                raise ValueError(f"'#' must be the last level in {f!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MQTTConfig:
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    @property
+    def host(self) -> str:
+        """Broker host name from the URL."""
+        return urlsplit(self.broker).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        """Broker port from the URL (1883, or 8883 for mqtts)."""
+        parts = urlsplit(self.broker)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        """TLS is on for ``mqtts://`` or ``tls.enabled``."""
+        return self.tls.enabled or urlsplit(self.broker).scheme == "mqtts"
+
+    def password(self) -> SecretStr | None:
+        """Resolve the password from its env var or file; a clear error if it is missing."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError([f"mqtt.password_env: environment variable {self.password_env} is not set"])
+            return SecretStr(value)
+        if self.password_file:
+            try:
+                return SecretStr(self.password_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError([f"mqtt.password_file: cannot read: {exc.strerror}"]) from None
+        return None
+
+
+class PayloadConfig(_Strict):
+    """How message payloads are decoded."""
+
+    sensor_prefix: str = Field("sensors/", description="Removed from a topic to get a sensor id.")
+    value_field: str = Field("value", min_length=1, description="JSON field holding the reading.")
+    timestamp_field: str = Field("ts", min_length=1, description="JSON field holding the time.")
+    max_bytes: int = Field(65536, ge=16, description="Larger payloads are rejected as oversize.")
+    max_batch: int = Field(10000, ge=1, description="Most readings one JSON array may carry.")
+    max_future_s: float = Field(
+        300.0, ge=0, description="Timestamps further ahead of the clock are rejected."
+    )
+    max_age_s: float = Field(
+        7 * 86400.0, gt=0, description="Timestamps older than this are rejected as stale."
+    )
+
+
+class WindowConfig(_Strict):
+    """Per-sensor sliding windows (window detectors only; reading detectors use length 1)."""
+
+    length: int = Field(20, ge=2, le=4096, description="Readings per window (W).")
+    stride: int = Field(1, ge=1, description="New readings between scored windows (S).")
+    max_gap_s: float = Field(
+        300.0, gt=0, description="A longer gap between readings restarts the window."
+    )
+    max_sensors: int = Field(10000, ge=1, description="Cap on tracked sensors.")
+    idle_evict_s: float = Field(
+        3600.0, gt=0, description="Sensors silent this long are evicted first."
+    )
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> WindowConfig:
+        if self.stride > self.length:
+            raise ValueError("stride must be <= length")
+        return self
+
+
+class ThresholdConfig(_Strict):
+    """Calibration of the score threshold from the scores of normal data."""
+
+    false_alarm_rate: float = Field(
+        1e-5,
+        gt=0,
+        lt=0.5,
+        description="Target fraction of normal scores above the threshold, per sensor.",
+    )
+
+
+class AlertConfig(_Strict):
+    """Per-sensor alert state machine."""
+
+    raise_k: int = Field(1, ge=1, description="Raise after k anomalous verdicts ...")
+    raise_n: int = Field(1, ge=1, description="... out of the last n.")
+    clear_m: int = Field(10, ge=1, description="Clear after m consecutive normal verdicts.")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AlertConfig:
+        if self.raise_k > self.raise_n:
+            raise ValueError("raise_k must be <= raise_n")
+        return self
+
+
+class _DetectorBase(_Strict):
+    warmup: int = Field(
+        500, ge=10, description="Readings a sensor without a model collects before scoring."
+    )
+
+
+class GaussianConfig(_DetectorBase):
+    """Per-reading negative log-probability under a per-sensor Normal."""
+
+    type: Literal["gaussian"] = "gaussian"
+
+
+class GMMConfig(_DetectorBase):
+    """Per-reading negative log-probability under a per-sensor Gaussian mixture."""
+
+    type: Literal["gmm"] = "gmm"
+    max_components: int = Field(5, ge=1, le=10, description="BIC chooses among 1..this.")
+    steps: int = Field(300, ge=10, description="Optimiser steps per fit.")
+
+
+class LSTMVAEConfig(_DetectorBase):
+    """LSTM variational autoencoder over windows; score = reconstruction NLL."""
+
+    type: Literal["lstm-vae"] = "lstm-vae"
+    hidden: int = Field(32, ge=2, description="LSTM units.")
+    latent: int = Field(8, ge=1, description="Latent dimensions.")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    patience: int = Field(4, ge=1, description="Early-stopping patience in epochs.")
+    validation_split: float = Field(0.2, gt=0, lt=0.9)
+    latent_samples: int = Field(1, ge=1, le=64, description="Samples averaged per score.")
+    shared: bool = Field(True, description="One model for all sensors (per-sensor scaling).")
+    auto_train: bool = Field(False, description="Train in the background once data suffices.")
+    auto_train_readings: int = Field(
+        2000, ge=100, description="Readings per sensor before auto-training starts."
+    )
+    seed: int = 0
+
+
+DetectorConfig = Annotated[
+    GaussianConfig | GMMConfig | LSTMVAEConfig, Field(discriminator="type")
+]
+
+
+class EngineConfig(_Strict):
+    """The worker that scores readings."""
+
+    queue_readings: int = Field(
+        200000, ge=100, description="Hand-off bound; past it the oldest readings are shed."
+    )
+    max_batch: int = Field(4096, ge=1, description="Most windows scored in one model call.")
+    tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0 = TF default).")
+    tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0 = TF default).")
+
+
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (also /healthz and /readyz)."""
+
+    enabled: bool = True
+    host: str = Field("0.0.0.0", description="Bind address.")
+    port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="0 picks a free port.")
+    max_sensor_labels: int = Field(
+        1000, ge=0, description="Sensors past this share the label sensor=\"_other\"."
+    )
+
+
+class Config(_Strict):
+    """The whole configuration."""
+
+    mqtt: MQTTConfig = MQTTConfig()
+    payload: PayloadConfig = PayloadConfig()
+    windows: WindowConfig = WindowConfig()
+    detector: DetectorConfig = GaussianConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    alerts: AlertConfig = AlertConfig()
+    engine: EngineConfig = EngineConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    model_dir: Path | None = Field(None, description="Model bundle to load at start.")
+    state_dir: Path | None = Field(None, description="Where alert state survives restarts.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def digest(self) -> str:
+        """A stable hash of the detector and window settings that shape a model."""
+        shape = {
+            "detector": self.detector.model_dump(mode="json"),
+            "window": self.windows.length if self.detector.type == "lstm-vae" else 1,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_DETECTOR_TAGS = ("gaussian", "gmm", "lstm-vae")
+
+
+def _format_errors(exc: ValidationError, source: str) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        parts = [str(p) for p in err["loc"]]
+        if len(parts) > 1 and parts[0] == "detector" and parts[1] in _DETECTOR_TAGS:
+            del parts[1]  # pydantic puts the union's tag in the path; the user never wrote it
+        loc = ".".join(parts)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        # Never echo the offending value: it might be a secret.
+        lines.append(f"{source}: {loc or '<root>'}: {msg}")
+    return lines
+
+
+def from_mapping(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a parsed mapping; raise ConfigError with one line per bad key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a TOML config file; ``None`` gives all defaults."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return from_mapping(data, str(path))
+
+
+def override(cfg: Config, updates: dict[str, Any]) -> Config:
+    """Apply dotted-key overrides (from CLI flags) and re-validate the result."""
+    data = cfg.model_dump(mode="python", exclude_unset=True)
+    for dotted, value in updates.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if leaf == "type" and parents == ["detector"] and node.get("type") != value:
+            # A different detector type starts from that type's defaults.
+            node.clear()
+        node[leaf] = value
+    return from_mapping(data, "command line")

@@ -1,0 +1,96 @@
+"""Calibrate a threshold from the scores of normal data, and turn scores into verdicts.
+
+A target false-alarm rate α of 1e-5 cannot be read off a few thousand normal scores as an
+empirical quantile: too few scores lie beyond it. Where ``n·α`` is small the tail is
+extrapolated instead, by peaks-over-threshold (the SPOT method of Siffer et al., KDD 2017): the
+excesses over a high empirical quantile ``t0`` follow a generalised Pareto law, whose shape ξ
+and scale σ are fitted by the method of moments, and
+
+    threshold = t0 + σ/ξ · ((α/p0)^(-ξ) - 1)        (→ t0 + σ·ln(p0/α) as ξ → 0)
+
+where ``p0`` is the fraction of scores above ``t0``. ξ is clamped to [0, 0.45]: a fitted
+light (bounded) tail is treated as exponential, so the extrapolation errs toward fewer false
+alarms, never more. For a Gaussian detector the score is χ²₁/2 plus a constant, whose tail
+is close to exponential, so the fit is well founded there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_SCORES = 20
+_EMPIRICAL_MIN_TAIL = 10  # use the plain quantile when at least this many scores lie beyond it
+_TAIL_FRACTION = 0.05
+
+
+class CalibrationError(ValueError):
+    """Too little or unusable data to set a threshold."""
+
+
+def calibrate(scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The score above which a fraction ``false_alarm_rate`` of normal scores is expected."""
+    if not 0.0 < false_alarm_rate < 0.5:
+        raise CalibrationError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = s[np.isfinite(s)]
+    n = s.size
+    if n < MIN_SCORES:
+        raise CalibrationError(f"need at least {MIN_SCORES} finite normal scores, got {n}")
+    if n * false_alarm_rate >= _EMPIRICAL_MIN_TAIL:
+        return float(np.quantile(s, 1.0 - false_alarm_rate, method="higher"))
+    s.sort()
+    k = max(_EMPIRICAL_MIN_TAIL, int(n * _TAIL_FRACTION))
+    k = min(k, n - 1)
+    t0 = s[n - k - 1]
+    excess = s[n - k :] - t0
+    p0 = k / n
+    mean = float(excess.mean())
+    if mean <= 0.0:
+        # A flat tail (e.g. a constant signal): nothing to extrapolate.
+        return float(t0 + max(abs(t0), 1.0) * 1e-6)
+    var = float(excess.var(ddof=1)) if k > 1 else 0.0
+    xi = 0.5 * (1.0 - mean * mean / var) if var > 0 else 0.0
+    xi = min(max(xi, 0.0), 0.45)
+    sigma = mean * (1.0 - xi)
+    if xi < 1e-6:
+        return float(t0 + sigma * math.log(p0 / false_alarm_rate))
+    return float(t0 + sigma / xi * ((false_alarm_rate / p0) ** (-xi) - 1.0))
+
+
+@dataclass
+class Thresholds:
+    """Calibrated thresholds: one per sensor, and a pooled one for sensors without their own."""
+
+    false_alarm_rate: float
+    per_sensor: dict[str, float] = field(default_factory=dict)
+    pooled: float | None = None
+
+    def get(self, sensor: str) -> float | None:
+        """The sensor's threshold, the pooled one, or None if neither exists."""
+        t = self.per_sensor.get(sensor)
+        return self.pooled if t is None else t
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "false_alarm_rate": self.false_alarm_rate,
+            "pooled": self.pooled,
+            "per_sensor": self.per_sensor,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Thresholds:
+        """Inverse of :meth:`to_json`; raises ValueError on bad content."""
+        far = float(data["false_alarm_rate"])  # type: ignore[arg-type]
+        pooled = data.get("pooled")
+        per = data.get("per_sensor", {})
+        if not isinstance(per, dict):
+            raise ValueError("per_sensor must be an object")
+        return cls(
+            far,
+            {str(k): float(v) for k, v in per.items()},
+            None if pooled is None else float(pooled),  # type: ignore[arg-type]
+        )
