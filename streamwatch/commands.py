@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=_check_config)
 
     p = sub.add_parser("check-message", help="show how one MQTT message would be decoded")
-    p.add_argument("topic")
+    p.add_argument("msg_topic", metavar="TOPIC")
     p.add_argument("payload", help="the payload as text")
     p.add_argument("--config", type=__import__("pathlib").Path)
     p.set_defaults(handler=_check_message)
@@ -43,7 +43,7 @@ def _check_message(args: argparse.Namespace) -> int:
     from streamwatch.parse import parse
 
     cfg = config_from_args(args)
-    out = parse(args.topic, args.payload.encode("utf-8"), time.time(), cfg.payload)
+    out = parse(args.msg_topic, args.payload.encode("utf-8"), time.time(), cfg.payload)
     doc: dict[str, Any] = {
         "readings": [{"sensor": r.sensor, "ts": r.ts, "value": r.value} for r in out.readings],
         "rejected": out.rejects,
