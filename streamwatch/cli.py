@@ -28,6 +28,7 @@ EXIT_USAGE = 2
 # Modules that contribute a subcommand through ``add_parser(subparsers)``.
 _COMMAND_MODULES = (
     "streamwatch.commands",
+    "simulators.cli",
 )
 
 
