@@ -6,6 +6,9 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,12 +30,19 @@ from simulators.publish import _batches, _payload
 START = 1_700_000_000.0
 
 
-def _sim(kinds=ALL_KINDS, seed=3, n_sensors=2, duration=7200.0, rate=1.0, **kw) -> Simulated:
+def _sim(
+    kinds: Sequence[str] = ALL_KINDS,
+    seed: int = 3,
+    n_sensors: int = 2,
+    duration: float = 7200.0,
+    rate: float = 1.0,
+    **kw: Any,
+) -> Simulated:
     spec = AnomalySpec(kinds=tuple(kinds), rate_per_hour=20.0)
     return simulate(n_sensors, duration, rate, seed, START, anomalies=spec, **kw)
 
 
-def test_same_seed_same_data_and_other_seed_differs():
+def test_same_seed_same_data_and_other_seed_differs() -> None:
     a, b, c = _sim(seed=1), _sim(seed=1), _sim(seed=2)
     for f in ("ts", "sensor", "value", "label"):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
@@ -40,7 +50,7 @@ def test_same_seed_same_data_and_other_seed_differs():
     assert a.events != c.events
 
 
-def test_layout_sorted_interleaved_and_sensor_ids():
+def test_layout_sorted_interleaved_and_sensor_ids() -> None:
     sim = _sim(n_sensors=3, duration=600.0, warmup_s=600.0)
     assert sim.sensors == ["s000", "s001", "s002"]
     assert np.all(np.diff(sim.ts) >= 0)
@@ -48,7 +58,7 @@ def test_layout_sorted_interleaved_and_sensor_ids():
     assert len(sim) == 3 * 600 and not sim.events and sim.label.sum() == 0
 
 
-def test_default_stream_is_the_documents_sine_pair():
+def test_default_stream_is_the_documents_sine_pair() -> None:
     sim = simulate(1, 100.0, 5.0, 0, START, SensorSpec(noise=0.0), anomalies=None)
     t = np.arange(500) * 0.2 / 10.0
     np.testing.assert_allclose(sim.value, np.sin(2 * np.pi * t) + np.sin(4 * np.pi * t), atol=1e-9)
@@ -58,7 +68,7 @@ def test_default_stream_is_the_documents_sine_pair():
     assert abs(resid.std() - 0.1) < 0.005
 
 
-def test_no_anomaly_during_warmup_and_labels_match_events():
+def test_no_anomaly_during_warmup_and_labels_match_events() -> None:
     sim = _sim(warmup_s=900.0)
     assert sim.events and min(e.start for e in sim.events) >= START + 900.0
     expect = np.zeros(len(sim), dtype=bool)
@@ -73,7 +83,7 @@ def test_no_anomaly_during_warmup_and_labels_match_events():
         assert all(x.end + 60.0 <= y.start for x, y in itertools.pairwise(evs))
 
 
-def _pair(kind: str, **kw) -> tuple[Simulated, Simulated]:
+def _pair(kind: str, **kw: Any) -> tuple[Simulated, Simulated]:
     """A one-sensor stream with only ``kind`` injected, and the same stream clean."""
     sim = _sim([kind], n_sensors=1, **kw)
     clean = simulate(1, 7200.0, kw.get("rate", 1.0), 3, START, kw.get("sensor", SensorSpec()), None)
@@ -83,7 +93,7 @@ def _pair(kind: str, **kw) -> tuple[Simulated, Simulated]:
 
 
 @pytest.mark.parametrize("kind", ["spike", "level_shift", "noise_burst", "drift", "stuck"])
-def test_additive_kinds_change_exactly_the_labelled_rows(kind):
+def test_additive_kinds_change_exactly_the_labelled_rows(kind: str) -> None:
     sim, clean = _pair(kind)
     diff = sim.value - clean.value
     lab = sim.label == 1
@@ -104,7 +114,7 @@ def test_additive_kinds_change_exactly_the_labelled_rows(kind):
         assert 0.8 < diff[lab].std() < 1.2
 
 
-def test_frequency_kind_doubles_the_frequency_inside_its_events():
+def test_frequency_kind_doubles_the_frequency_inside_its_events() -> None:
     spec = SensorSpec(noise=0.0)
     sim, clean = _pair("frequency", rate=10.0, sensor=spec)
     first = sim.events[0].start
@@ -117,7 +127,7 @@ def test_frequency_kind_doubles_the_frequency_inside_its_events():
         assert crossings == pytest.approx(8 * periods, abs=3)  # 4 zero crossings per period, x2
 
 
-def test_dropout_rows_are_absent_and_the_next_reading_is_labelled():
+def test_dropout_rows_are_absent_and_the_next_reading_is_labelled() -> None:
     sim, clean = _pair("dropout")
     assert len(sim) < len(clean)
     for e in sim.events:
@@ -129,14 +139,14 @@ def test_dropout_rows_are_absent_and_the_next_reading_is_labelled():
     assert sim.label.sum() == len(sim.events)
 
 
-def test_size_scales_magnitudes():
+def test_size_scales_magnitudes() -> None:
     sim = simulate(1, 7200.0, 1.0, 5, START, anomalies=AnomalySpec(("level_shift",), 20.0, 2.5))
     clean = simulate(1, 7200.0, 1.0, 5, START, anomalies=None)
     lab = sim.label == 1
     np.testing.assert_allclose((sim.value - clean.value)[lab], 2.5 * LEVEL_SHIFT)
 
 
-def test_csv_round_trip(tmp_path):
+def test_csv_round_trip(tmp_path: Path) -> None:
     sim = _sim(duration=1800.0, warmup_s=60.0)
     sim.to_csv(tmp_path / "r.csv")
     sim.events_to_csv(tmp_path / "e.csv")
@@ -149,7 +159,7 @@ def test_csv_round_trip(tmp_path):
     assert back.events == sim.events == read_events(tmp_path / "e.csv")
 
 
-def test_bad_specs_are_refused():
+def test_bad_specs_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown anomaly kinds"):
         AnomalySpec(kinds=("spikes",))
     with pytest.raises(ValueError):
@@ -158,7 +168,7 @@ def test_bad_specs_are_refused():
         simulate(2, 10.0, 1.0, 0, START, sensor=[SensorSpec()])
 
 
-def test_payload_shapes_and_batches_keep_per_sensor_order():
+def test_payload_shapes_and_batches_keep_per_sensor_order() -> None:
     sim = _sim(n_sensors=3, duration=50.0, warmup_s=50.0)
     msgs = list(_batches(sim, 4))
     assert sum(len(r) for _, r in msgs) == len(sim)
@@ -171,7 +181,7 @@ def test_payload_shapes_and_batches_keep_per_sensor_order():
     assert arr == [{"label": 0, "ts": START}, {"label": 0, "ts": START + 1.0}]
 
 
-def test_cli_writes_files_and_help_explains_every_option(tmp_path):
+def test_cli_writes_files_and_help_explains_every_option(tmp_path: Path) -> None:
     out, ev = tmp_path / "s.csv", tmp_path / "e.csv"
     cmd = [
         sys.executable,
