@@ -1,0 +1,475 @@
+"""LSTM variational autoencoder over windows of one sensor's readings.
+
+Model (Keras 3; distributions from ``tfp.distributions``, never ``tfp.layers``)::
+
+    encoder  x (W, 1) -> LSTM(hidden) -> Dense: mean (latent), Dense: log-variance (latent)
+    decoder  z -> RepeatVector(W) -> LSTM(hidden, sequences) -> TimeDistributed(Dense(2))
+             -> per step Normal(loc, softplus(raw) + ε)
+
+Training minimises the negative ELBO, ``-E_q[log p(x|z)] + KL(q(z|x) || N(0, I))``, with one
+reparameterised sample per window, in a custom loop (a ``tf.function`` step, Adam). The last
+``validation_split`` of every sensor's series is held out; training stops early when the
+validation loss has not improved for ``patience`` epochs, and the best weights are restored.
+
+Inputs are standardised per sensor (mean and std kept in ``sensors.json``), so one shared
+model serves sensors of any scale; ``adapt`` learns a new sensor's standardisation.
+
+Score. A window's score is its negative ELBO, evaluated deterministically:
+
+    score = Σ_t -log N(x_t; loc_t, scale_t)  [decoded from the posterior mean]
+            + KL(q(z|x) || N(0, I))
+
+The reconstruction term catches windows the decoder cannot reproduce (spikes, noise bursts);
+the KL term is the latent signal: it grows when the encoder must move far from the prior to
+explain a window, which a level shift the decoder partly reconstructs still triggers. With
+``latent_samples > 1`` the reconstruction term is averaged over ``mean + σ·ε_s`` for a fixed
+set of ε_s drawn once from the seed, so a window always gets the same score whatever batch it
+is scored in. The score is in standardised units (no ``log std`` Jacobian), so scores of
+sensors with different scales are comparable and a pooled threshold means something.
+:meth:`LSTMVAEDetector.explain` returns each step's reconstruction NLL plus an equal share of
+the KL, so its rows sum to the score.
+
+Hot path. :meth:`LSTMVAEDetector.score` standardises in numpy, cuts the batch into chunks of
+at most ``max_batch`` rows and pads each to a bucket size (a power of two, from 8), and runs
+each chunk through one ``tf.function`` with a fixed input signature: a handful of traces in
+all, never one per call, and no eager model calls. XLA (``jit_compile=True``) is optional per
+detector (:attr:`LSTMVAEDetector.jit_compile`); plain graph mode is the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamwatch.config import LSTMVAEConfig
+from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.detectors.gaussian import sigma_floor
+
+log = logging.getLogger(__name__)
+
+SHARED = "shared"
+_SCALE_EPS = 1e-3
+"""Smallest decoder σ in standardised units, so a perfectly predictable step has finite NLL."""
+_LOGVAR_CLIP = 10.0
+_MIN_BUCKET = 8
+JIT_COMPILE_DEFAULT = False
+"""Whether scoring uses XLA by default; chosen by bench/bench_inference.py (see
+docs/performance-models.md)."""
+
+_MODEL_KEY = re.compile(r"^(shared|m[0-9]{1,6})$")
+
+
+def _configure_threads(tf: Any) -> None:
+    """Apply TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS unless threads are already set."""
+    threading = tf.config.threading
+    for env, get, put in (
+        (
+            "TF_NUM_INTRAOP_THREADS",
+            threading.get_intra_op_parallelism_threads,
+            threading.set_intra_op_parallelism_threads,
+        ),
+        (
+            "TF_NUM_INTEROP_THREADS",
+            threading.get_inter_op_parallelism_threads,
+            threading.set_inter_op_parallelism_threads,
+        ),
+    ):
+        value = os.environ.get(env)
+        if not value or get() != 0:
+            continue
+        try:
+            put(int(value))
+        except (RuntimeError, ValueError) as exc:  # runtime already started, or not a number
+            log.debug("cannot apply %s=%s: %s", env, value, exc)
+
+
+def _tf() -> Any:
+    import tensorflow as tf
+
+    _configure_threads(tf)
+    return tf
+
+
+def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, Any, Any]:
+    """The (vae, encoder, decoder) Keras models; ``vae`` holds every weight, for saving."""
+    _tf()
+    import keras
+    from keras import layers
+
+    def init(i: int) -> Any:
+        return keras.initializers.GlorotUniform(seed=seed * 100 + i)
+
+    def orth(i: int) -> Any:
+        return keras.initializers.Orthogonal(seed=seed * 100 + i)
+
+    x = keras.Input((window, 1), name="window")
+    h = layers.LSTM(hidden, kernel_initializer=init(0), recurrent_initializer=orth(1))(x)
+    mean = layers.Dense(latent, kernel_initializer=init(2), name="z_mean")(h)
+    logvar = layers.Dense(latent, kernel_initializer=init(3), name="z_logvar")(h)
+    encoder = keras.Model(x, [mean, logvar], name="encoder")
+
+    z = keras.Input((latent,), name="z")
+    r = layers.RepeatVector(window)(z)
+    d = layers.LSTM(
+        hidden,
+        return_sequences=True,
+        kernel_initializer=init(4),
+        recurrent_initializer=orth(5),
+    )(r)
+    out = layers.TimeDistributed(layers.Dense(2, kernel_initializer=init(6)), name="loc_raw")(d)
+    decoder = keras.Model(z, out, name="decoder")
+
+    m, _ = encoder(x)
+    vae = keras.Model(x, decoder(m), name="lstm_vae")
+    return vae, encoder, decoder
+
+
+class _Net:
+    """One VAE with its compiled scoring functions (one per XLA setting)."""
+
+    def __init__(self, cfg: LSTMVAEConfig, window: int, init_seed: int) -> None:
+        self.window = window
+        self.vae, self.encoder, self.decoder = build_model(
+            window, cfg.hidden, cfg.latent, init_seed
+        )
+        self.latent = cfg.latent
+        self.samples = cfg.latent_samples
+        rng = np.random.default_rng(cfg.seed)
+        # Fixed ε_s: deterministic, batch-independent averaging over latent samples.
+        self.eps = (
+            np.zeros((1, cfg.latent), np.float32)
+            if cfg.latent_samples == 1
+            else rng.standard_normal((cfg.latent_samples, cfg.latent)).astype(np.float32)
+        )
+        self._fns: dict[bool, Callable[[Any], Any]] = {}
+
+    def step_nll(self, z: Any, x: Any) -> Any:
+        """Per-step reconstruction NLL of standardised ``x`` (B, W) decoded from ``z``."""
+        tf = _tf()
+        import tensorflow_probability as tfp
+
+        out = self.decoder(z, training=False)
+        normal = tfp.distributions.Normal(
+            loc=out[..., 0], scale=tf.nn.softplus(out[..., 1]) + _SCALE_EPS
+        )
+        return -normal.log_prob(x)
+
+    def encode(self, x: Any, training: bool = False) -> tuple[Any, Any]:
+        """Posterior mean and (clipped) log-variance of standardised ``x`` (B, W)."""
+        tf = _tf()
+        mean, logvar = self.encoder(x[..., None], training=training)
+        return mean, tf.clip_by_value(logvar, -_LOGVAR_CLIP, _LOGVAR_CLIP)
+
+    def scorer(self, jit: bool) -> Callable[[Any], Any]:
+        """The traced function: standardised (B, W) float32 -> (per-step NLL (B, W), KL (B,))."""
+        fn = self._fns.get(jit)
+        if fn is not None:
+            return fn
+        tf = _tf()
+        eps = tf.constant(self.eps)
+        w = self.window
+
+        def run(x: Any) -> tuple[Any, Any]:
+            mean, logvar = self.encode(x)
+            kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
+            if self.samples == 1:
+                steps = self.step_nll(mean, x)
+            else:
+                std = tf.exp(0.5 * logvar)
+                z = mean[None] + std[None] * eps[:, None, :]  # (S, B, latent)
+                b = tf.shape(x)[0]
+                flat = tf.reshape(z, [-1, self.latent])
+                xs = tf.tile(x, [self.samples, 1])
+                steps = tf.reduce_mean(tf.reshape(self.step_nll(flat, xs), [-1, b, w]), axis=0)
+            return steps, kl
+
+        fn = tf.function(
+            run, input_signature=[tf.TensorSpec([None, w], tf.float32)], jit_compile=jit
+        )
+        self._fns[jit] = fn
+        return fn
+
+
+class LSTMVAEDetector(Detector):
+    """LSTM-VAE over windows; score = negative ELBO of the standardised window."""
+
+    name = "lstm-vae"
+    kind = "window"
+
+    def __init__(self, config: LSTMVAEConfig, window: int) -> None:
+        super().__init__(config, window)
+        self.cfg = config
+        self.max_batch = 4096
+        """Most rows per model call (the engine sets it from ``engine.max_batch``)."""
+        self.jit_compile = JIT_COMPILE_DEFAULT
+        self._nets: dict[str, _Net] = {}
+        self._norm: dict[str, tuple[float, float]] = {}
+        self._model_of: dict[str, str] = {}
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def trained(self) -> bool:
+        """Whether trained weights exist (the shared model, or at least one per-sensor one)."""
+        return bool(self._nets)
+
+    def knows(self, sensor: str) -> bool:
+        """Whether the sensor has a standardisation and a model to score it with."""
+        return sensor in self._norm and self._model_of.get(sensor) in self._nets
+
+    def _key_for(self, sensor: str) -> str | None:
+        if self.cfg.shared:
+            return SHARED if SHARED in self._nets else None
+        return self._model_of.get(sensor)
+
+    def adapt(self, sensor: str, values: np.ndarray) -> None:
+        """Learn one sensor's standardisation from its warm-up values (weights unchanged)."""
+        key = self._key_for(sensor)
+        if key is None:
+            raise NotTrained(
+                "lstm-vae has no trained model yet"
+                if self.cfg.shared
+                else f"lstm-vae has no per-sensor model for {sensor!r} (shared = false)"
+            )
+        self._norm[sensor] = _standardisation(sensor, values)
+        self._model_of[sensor] = key
+
+    # -- training --------------------------------------------------------------------------
+
+    def fit(self, series: Mapping[str, np.ndarray]) -> None:
+        """Train on normal data, one raw 1-D series per sensor (time order)."""
+        if not series:
+            raise ValueError("no series to train on")
+        norm = {s: _standardisation(s, v) for s, v in series.items()}
+        splits = {s: self._split(s, v, norm[s]) for s, v in series.items()}
+        if self.cfg.shared:
+            train = np.concatenate([t for t, _ in splits.values()])
+            val = np.concatenate([v for _, v in splits.values()])
+            self._nets = {SHARED: self._train(train, val, "shared model")}
+            self._model_of = dict.fromkeys(series, SHARED)
+        else:
+            self._nets = {}
+            self._model_of = {}
+            for i, (sensor, (train, val)) in enumerate(splits.items()):
+                key = f"m{i}"
+                self._nets[key] = self._train(train, val, f"model of {sensor}", seed_offset=i)
+                self._model_of[sensor] = key
+        self._norm = norm
+
+    def _split(
+        self, sensor: str, values: np.ndarray, norm: tuple[float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v)]
+        cut = round(v.size * (1.0 - self.cfg.validation_split))
+        if cut < self.window or v.size - cut < self.window:
+            raise ValueError(
+                f"sensor {sensor!r}: {v.size} values are too few for windows of {self.window} "
+                f"with validation_split {self.cfg.validation_split}"
+            )
+        z = ((v - norm[0]) / norm[1]).astype(np.float32)
+        return self.windows_of(z[:cut]).astype(np.float32), self.windows_of(z[cut:]).astype(
+            np.float32
+        )
+
+    def _train(self, train: np.ndarray, val: np.ndarray, what: str, seed_offset: int = 0) -> _Net:
+        tf = _tf()
+        import keras
+
+        cfg = self.cfg
+        seed = cfg.seed + seed_offset
+        net = _Net(cfg, self.window, seed)
+        variables = net.vae.trainable_variables
+        opt = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+        opt.build(variables)
+        noise = tf.random.Generator.from_seed(seed)
+        spec = [tf.TensorSpec([None, self.window], tf.float32)]
+
+        def neg_elbo(x: Any, training: bool) -> Any:
+            mean, logvar = net.encode(x, training=training)
+            z = mean + tf.exp(0.5 * logvar) * noise.normal(tf.shape(mean))
+            recon = tf.reduce_sum(net.step_nll(z, x), axis=-1)
+            kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
+            return tf.reduce_mean(recon + kl)
+
+        @tf.function(input_signature=spec)
+        def train_step(x: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = neg_elbo(x, training=True)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            return loss
+
+        @tf.function(input_signature=spec)
+        def val_step(x: Any) -> Any:
+            return neg_elbo(x, training=False)
+
+        rng = np.random.default_rng(seed)
+        bs = cfg.batch_size
+        best = math.inf
+        best_weights = net.vae.get_weights()
+        stale = 0
+        started = time.monotonic()
+        log.info(
+            "training %s: %d train / %d validation windows, up to %d epochs",
+            what,
+            len(train),
+            len(val),
+            cfg.epochs,
+        )
+        for epoch in range(1, cfg.epochs + 1):
+            order = rng.permutation(len(train))
+            losses = [
+                float(train_step(train[order[i : i + bs]])) * len(order[i : i + bs])
+                for i in range(0, len(train), bs)
+            ]
+            loss = sum(losses) / len(train)
+            val_loss = sum(
+                float(val_step(val[i : i + bs])) * len(val[i : i + bs])
+                for i in range(0, len(val), bs)
+            ) / len(val)
+            elapsed = time.monotonic() - started
+            eta = elapsed / epoch * (cfg.epochs - epoch)
+            log.info(
+                "%s epoch %d/%d: loss %.4f, val_loss %.4f (%.1fs, ETA %.0fs at most)",
+                what,
+                epoch,
+                cfg.epochs,
+                loss,
+                val_loss,
+                elapsed,
+                eta,
+            )
+            if not math.isfinite(val_loss):
+                log.warning("%s: validation loss is not finite; stopping", what)
+                break
+            if val_loss < best:
+                best, stale = val_loss, 0
+                best_weights = net.vae.get_weights()
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    log.info("%s: early stop, best val_loss %.4f", what, best)
+                    break
+        net.vae.set_weights(best_weights)
+        return net
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _buckets(self, n: int) -> int:
+        b = _MIN_BUCKET
+        while b < n:
+            b *= 2
+        return min(b, max(self.max_batch, 1))
+
+    def _standardise(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        mean = np.fromiter((self._norm[s][0] for s in sensors), np.float64, len(sensors))
+        std = np.fromiter((self._norm[s][1] for s in sensors), np.float64, len(sensors))
+        v = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
+        return ((v - mean[:, None]) / std[:, None]).astype(np.float32)
+
+    def _run(self, net: _Net, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks."""
+        fn = net.scorer(self.jit_compile)
+        n = len(z)
+        steps = np.empty((n, self.window), np.float64)
+        kl = np.empty(n, np.float64)
+        chunk = max(self.max_batch, 1)
+        for start in range(0, n, chunk):
+            part = z[start : start + chunk]
+            size = self._buckets(len(part))
+            if size != len(part):
+                part = np.concatenate([part, np.zeros((size - len(part), self.window), np.float32)])
+            s, k = fn(part)
+            m = min(chunk, n - start)
+            steps[start : start + m] = s.numpy()[:m]
+            kl[start : start + m] = k.numpy()[:m]
+        return steps, kl
+
+    def _contributions(
+        self, sensors: Sequence[str], x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        z = self._standardise(sensors, x)
+        if self.cfg.shared:
+            if SHARED not in self._nets:
+                raise NotTrained("lstm-vae has no trained model yet")
+            return self._run(self._nets[SHARED], z)
+        keys = np.array([self._model_of[s] for s in sensors])
+        steps = np.empty((len(sensors), self.window))
+        kl = np.empty(len(sensors))
+        for key in np.unique(keys):
+            rows = np.flatnonzero(keys == key)
+            steps[rows], kl[rows] = self._run(self._nets[str(key)], z[rows])
+        return steps, kl
+
+    def score(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """Negative ELBO of each standardised window, shape (B,)."""
+        if len(sensors) == 0:
+            return np.empty(0)
+        steps, kl = self._contributions(sensors, x)
+        return steps.sum(axis=1) + kl
+
+    def explain(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """Per-step share of each row's score (step NLL + KL / W), shape (B, W); rows sum to it."""
+        if len(sensors) == 0:
+            return np.empty((0, self.window))
+        steps, kl = self._contributions(sensors, x)
+        return steps + kl[:, None] / self.window
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _sensor_state(self) -> dict[str, Any]:
+        return {
+            s: {"mean": m, "std": sd, "model": self._model_of[s]}
+            for s, (m, sd) in self._norm.items()
+        }
+
+    def _restore_sensor_state(self, state: dict[str, Any]) -> None:
+        for sensor, p in state.items():
+            mean, std, key = float(p["mean"]), float(p["std"]), str(p["model"])
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise ValueError(f"sensor {sensor!r}: invalid mean/std")
+            if not _MODEL_KEY.match(key) or (key == SHARED) != self.cfg.shared:
+                raise ValueError(f"sensor {sensor!r}: bad model key {key!r}")
+            self._norm[sensor] = (mean, std)
+            self._model_of[sensor] = key
+
+    @staticmethod
+    def _weights_file(key: str) -> str:
+        return f"{key}.weights.h5"
+
+    def _save_weights(self, path: Path) -> list[str]:
+        names = []
+        for key, net in self._nets.items():
+            name = self._weights_file(key)
+            net.vae.save_weights(path / name)
+            names.append(name)
+        return names
+
+    def _load_weights(self, path: Path) -> None:
+        # Weights only (HDF5 arrays into a model built here from the config): nothing in the
+        # model directory is ever executed.
+        keys = sorted(set(self._model_of.values()))
+        if not keys:
+            raise ValueError("no sensors and no model in the bundle")
+        self._nets = {}
+        for key in keys:
+            net = _Net(self.cfg, self.window, self.cfg.seed)
+            net.vae.load_weights(path / self._weights_file(key))
+            self._nets[key] = net
+
+
+def _standardisation(sensor: str, values: np.ndarray) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        raise ValueError(f"sensor {sensor!r}: need at least 2 values, got {v.size}")
+    mean = float(v.mean())
+    return mean, max(float(v.std()), sigma_floor(mean))
