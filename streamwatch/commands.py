@@ -6,22 +6,60 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from streamwatch.cli import EXIT_OK, EXIT_USAGE, add_config_args, config_from_args
+from streamwatch.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_config_args,
+    config_from_args,
+    setup_logging,
+)
 from streamwatch.config import ConfigError
+
+if TYPE_CHECKING:
+    from streamwatch.alerts import AlertEvent
 
 
 def add_parser(sub: Any) -> None:
     """Register the core subcommands."""
+    p = sub.add_parser("run", help="run the daemon against a broker")
+    add_config_args(p)
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="embedded broker + simulator + daemon + metrics; prints alerts (Ctrl-C stops)",
+    )
+    p.add_argument("--sensors", type=int, default=4, help="simulated sensors (default 4)")
+    p.add_argument("--rate", type=float, default=10.0, help="readings/s per sensor (default 10)")
+    p.add_argument("--broker-port", type=int, default=0, help="embedded broker port (0 = free)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    add_config_args(p, daemon=False)
+    p.add_argument("--metrics-port", type=int, default=0, help="metrics port (0 = free)")
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("replay", help="run a CSV through the daemon's pipeline, no broker")
+    p.add_argument("--data", type=Path, required=True, help="CSV: timestamp,sensor,value[,...]")
+    p.add_argument("--alerts-out", type=Path, required=True, help="JSON lines, one per alert")
+    add_config_args(p, daemon=False)
+    p.set_defaults(handler=_replay)
     p = sub.add_parser("check-config", help="validate a config file; print every error by key")
-    p.add_argument("config", type=__import__("pathlib").Path, nargs="?")
+    p.add_argument("config", type=Path, nargs="?")
     p.set_defaults(handler=_check_config)
 
     p = sub.add_parser("check-message", help="show how one MQTT message would be decoded")
     p.add_argument("msg_topic", metavar="TOPIC")
     p.add_argument("payload", help="the payload as text")
-    p.add_argument("--config", type=__import__("pathlib").Path)
+    p.add_argument("--config", type=Path)
     p.set_defaults(handler=_check_message)
 
 
@@ -35,7 +73,9 @@ def _check_config(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USAGE
-    print(f"{args.config or 'defaults'}: OK (detector {cfg.detector.type}, broker {cfg.mqtt.broker})")
+    print(
+        f"{args.config or 'defaults'}: OK (detector {cfg.detector.type}, broker {cfg.mqtt.broker})"
+    )
     return EXIT_OK
 
 
@@ -50,3 +90,122 @@ def _check_message(args: argparse.Namespace) -> int:
     }
     print(json.dumps(doc, indent=2))
     return EXIT_OK if out.readings and not out.rejects else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamwatch.daemon import Daemon
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level)
+    Daemon(cfg).run_forever()
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streamwatch import dataset, replay
+    from streamwatch.daemon import build_detector
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level)
+    try:
+        data = dataset.read_csv(args.data)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    detector, _ = build_detector(cfg)
+    series = {s: (ts, v) for s, (ts, v, _labels) in data.items()}
+    events = replay.replay(cfg, detector, series)
+    replay.write_jsonl(events, args.alerts_out)
+    raised = sum(ev.state == "raised" for ev in events)
+    print(
+        f"{sum(len(t) for t, _ in series.values())} readings from {len(series)} sensors; "
+        f"{raised} alerts raised; {len(events)} transitions written to {args.alerts_out}"
+    )
+    return EXIT_OK
+
+
+def _print_alert(ev: AlertEvent) -> None:
+    when = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+    mark = "RAISED " if ev.state == "raised" else "cleared"
+    print(
+        f"{when}  {mark}  {ev.sensor:<8} score {ev.score:9.2f}  threshold {ev.threshold:7.2f}"
+        f"  id {ev.alert_id[:8]}",
+        flush=True,
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import threading
+
+    from simulators.generate import AnomalySpec, simulate
+    from simulators.publish import publish
+    from streamwatch.config import override
+    from streamwatch.daemon import Daemon
+    from streamwatch.embedded_broker import EmbeddedBroker
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level if args.log_level else "WARNING")
+    broker = EmbeddedBroker(port=args.broker_port)
+    broker.start()
+    cfg = override(
+        cfg,
+        {
+            "mqtt.broker": broker.url,
+            "mqtt.protocol": "3.1.1",
+            "mqtt.client_id": "streamwatch-demo",
+            "metrics.host": "127.0.0.1",
+            "metrics.port": args.metrics_port,
+        },
+    )
+    daemon = Daemon(cfg, on_alert=_print_alert)
+    daemon.start()
+    stop = threading.Event()
+    warm_s = cfg.detector.warmup / args.rate + 5.0
+
+    def feed() -> None:
+        start, seed, chunk_s = time.time(), args.seed, 600.0
+        first = True
+        while not stop.is_set():
+            sim = simulate(
+                args.sensors,
+                chunk_s,
+                args.rate,
+                seed,
+                start_ts=start,
+                anomalies=AnomalySpec(rate_per_hour=30.0),
+                warmup_s=warm_s if first else 30.0,
+            )
+            publish(
+                sim,
+                broker.host,
+                broker.port,
+                protocol="3.1.1",
+                realtime=True,
+                stop_event=stop,
+                client_id="streamwatch-demo-sim",
+            )
+            start, seed, first = start + chunk_s, seed + 1, False
+
+    sim_thread = threading.Thread(target=feed, name="simulator", daemon=True)
+    if not daemon.wait_ready(15):
+        print(f"demo: daemon did not connect: {daemon.ready()}", file=sys.stderr)
+        return 1
+    sim_thread.start()
+    print(
+        f"streamwatch demo: {args.sensors} simulated sensors at {args.rate:g} readings/s\n"
+        f"  broker   {broker.url}   (try: mosquitto_sub -p {broker.port} -t 'streamwatch/#' -v)\n"
+        f"  metrics  http://127.0.0.1:{daemon.metrics_port}/metrics\n"
+        f"  detector {cfg.detector.type}; each sensor warms up on {cfg.detector.warmup} "
+        f"readings (~{warm_s:.0f} s), then alerts print here. Ctrl-C stops.",
+        flush=True,
+    )
+    try:
+        stop.wait(args.duration or None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("demo: stopping", flush=True)
+        stop.set()
+        sim_thread.join(5)
+        daemon.stop()
+        broker.stop()
+    return EXIT_OK

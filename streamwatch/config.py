@@ -10,8 +10,6 @@ variable or a file, and is held as a ``SecretStr`` so it cannot leak into logs o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tomllib
 from pathlib import Path
@@ -101,7 +99,8 @@ class MQTTConfig(_Strict):
     def _topic_filters(cls, v: list[str]) -> list[str]:
         for f in v:
             levels = f.split("/")
-            if not f or any(("#" in lv and lv != "#") or ("+" in lv and lv != "+") for lv in levels):
+            bad = any(("#" in lv and lv != "#") or ("+" in lv and lv != "+") for lv in levels)
+            if not f or bad:
                 raise ValueError(f"invalid topic filter {f!r}")
             if "#" in levels[:-1]:
                 raise ValueError(f"'#' must be the last level in {f!r}")
@@ -136,7 +135,7 @@ class MQTTConfig(_Strict):
         if self.password_env:
             value = os.environ.get(self.password_env)
             if value is None:
-                raise ConfigError([f"mqtt.password_env: environment variable {self.password_env} is not set"])
+                raise ConfigError([f"mqtt.password_env: {self.password_env} is not set"])
             return SecretStr(value)
         if self.password_file:
             try:
@@ -247,9 +246,7 @@ class LSTMVAEConfig(_DetectorBase):
     seed: int = 0
 
 
-DetectorConfig = Annotated[
-    GaussianConfig | GMMConfig | LSTMVAEConfig, Field(discriminator="type")
-]
+DetectorConfig = Annotated[GaussianConfig | GMMConfig | LSTMVAEConfig, Field(discriminator="type")]
 
 
 class EngineConfig(_Strict):
@@ -259,8 +256,8 @@ class EngineConfig(_Strict):
         200000, ge=100, description="Hand-off bound; past it the oldest readings are shed."
     )
     max_batch: int = Field(4096, ge=1, description="Most windows scored in one model call.")
-    tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0 = TF default).")
-    tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0 = TF default).")
+    tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0: TF's).")
+    tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0: TF's).")
 
 
 class MetricsConfig(_Strict):
@@ -270,8 +267,33 @@ class MetricsConfig(_Strict):
     host: str = Field("0.0.0.0", description="Bind address.")
     port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="0 picks a free port.")
     max_sensor_labels: int = Field(
-        1000, ge=0, description="Sensors past this share the label sensor=\"_other\"."
+        1000, ge=0, description='Sensors past this share the label sensor="_other".'
     )
+    basic_auth_user: str | None = Field(None, description="Require HTTP basic auth as this user.")
+    basic_auth_password_env: str | None = Field(
+        None, description="Env var holding the basic-auth password."
+    )
+    tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate.")
+    tls_key_file: Path | None = Field(None, description="... and this key.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsConfig:
+        if (self.basic_auth_user is None) != (self.basic_auth_password_env is None):
+            raise ValueError("basic_auth_user and basic_auth_password_env go together")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) when basic auth is configured; ConfigError if the env var is unset."""
+        if self.basic_auth_user is None or self.basic_auth_password_env is None:
+            return None
+        password = os.environ.get(self.basic_auth_password_env)
+        if password is None:
+            raise ConfigError(
+                [f"metrics.basic_auth_password_env: {self.basic_auth_password_env} is not set"]
+            )
+        return self.basic_auth_user, password
 
 
 class Config(_Strict):
@@ -288,14 +310,6 @@ class Config(_Strict):
     model_dir: Path | None = Field(None, description="Model bundle to load at start.")
     state_dir: Path | None = Field(None, description="Where alert state survives restarts.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    def digest(self) -> str:
-        """A stable hash of the detector and window settings that shape a model."""
-        shape = {
-            "detector": self.detector.model_dump(mode="json"),
-            "window": self.windows.length if self.detector.type == "lstm-vae" else 1,
-        }
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _DETECTOR_TAGS = ("gaussian", "gmm", "lstm-vae")

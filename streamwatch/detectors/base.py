@@ -238,9 +238,7 @@ def load(path: Path, expect: DetectorConfig | None = None) -> Detector:
     manifest = read_manifest(path)
     name = manifest.get("detector")
     if expect is not None and name != expect.type:
-        raise ModelError(
-            f"{path}: holds a {name!r} model but the config asks for {expect.type!r}"
-        )
+        raise ModelError(f"{path}: holds a {name!r} model but the config asks for {expect.type!r}")
     cls = detector_class(str(name))
     try:
         config = TypeAdapter(DetectorConfig).validate_python(manifest["config"])

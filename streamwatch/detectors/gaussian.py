@@ -75,7 +75,7 @@ class GaussianDetector(Detector):
         """Negative log-probability of each reading, shape (B,)."""
         slots = np.fromiter((self._slot[s] for s in sensors), dtype=np.intp, count=len(sensors))
         sigma = self._sigma[slots]
-        z = (np.asarray(x, dtype=np.float64).reshape(len(sensors), -1)[:, -1] - self._mu[slots])
+        z = np.asarray(x, dtype=np.float64).reshape(len(sensors), -1)[:, -1] - self._mu[slots]
         z /= sigma
         return 0.5 * z * z + np.log(sigma) + _HALF_LOG_2PI
 

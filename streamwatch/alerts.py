@@ -1,0 +1,95 @@
+"""Per-sensor alert state: debounce on the way up, hysteresis on the way down.
+
+A sensor's alert is *raised* once ``k`` of its last ``n`` verdicts were anomalous, and
+*cleared* after ``m`` consecutive normal verdicts. While raised, further anomalous verdicts
+change nothing, so one long anomaly makes exactly one raise and one clear: no alert storm.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RAISED: Literal["raised"] = "raised"
+CLEARED: Literal["cleared"] = "cleared"
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    """One transition, published as JSON to ``<alert_prefix>/<sensor>``."""
+
+    sensor: str
+    state: Literal["raised", "cleared"]
+    ts: float
+    score: float
+    threshold: float
+    detector: str
+    window_start: float
+    window_end: float
+    alert_id: str
+    top_steps: list[dict[str, float]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The payload as a dict (``top_steps`` only when the detector explained the score)."""
+        doc: dict[str, Any] = {
+            "sensor": self.sensor,
+            "state": self.state,
+            "ts": self.ts,
+            "score": self.score,
+            "threshold": self.threshold,
+            "detector": self.detector,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "alert_id": self.alert_id,
+        }
+        if self.top_steps is not None:
+            doc["top_steps"] = self.top_steps
+        return doc
+
+    def payload(self) -> bytes:
+        """The MQTT payload."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+@dataclass(slots=True)
+class AlertState:
+    """One sensor's raise/clear state machine."""
+
+    k: int
+    n: int
+    m: int
+    history: int = 0
+    """The last n verdicts as bits, newest in bit 0."""
+    normal_run: int = 0
+    alert_id: str | None = None
+    _mask: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._mask = (1 << self.n) - 1
+
+    @property
+    def raised(self) -> bool:
+        """Whether an alert is active."""
+        return self.alert_id is not None
+
+    def update(self, anomalous: bool) -> tuple[Literal["raised", "cleared"], str] | None:
+        """Feed one verdict; return the transition it causes and its alert id, if any."""
+        self.history = ((self.history << 1) | anomalous) & self._mask
+        if anomalous:
+            self.normal_run = 0
+            if self.alert_id is None and self.history.bit_count() >= self.k:
+                self.alert_id = uuid.uuid4().hex
+                return RAISED, self.alert_id
+            return None
+        self.normal_run += 1
+        if self.alert_id is not None and self.normal_run >= self.m:
+            cleared, self.alert_id, self.history = self.alert_id, None, 0
+            return CLEARED, cleared
+        return None
+
+    def restore(self, alert_id: str | None) -> None:
+        """Resume an alert that was raised before a restart (so it is not raised twice)."""
+        self.alert_id = alert_id
+        self.normal_run = 0

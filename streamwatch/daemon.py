@@ -1,0 +1,240 @@
+"""The long-running daemon: MQTT in, one worker thread, alerts and metrics out.
+
+Threads: paho's network thread decodes and hands off; one worker thread owns the engine;
+prometheus-client's HTTP thread reads metrics at scrape time. SIGTERM/SIGINT drain the
+queue and stop; SIGHUP reloads the model directory without dropping readings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry
+
+from streamwatch import httpd, sdnotify
+from streamwatch.alerts import RAISED, AlertEvent
+from streamwatch.config import Config
+from streamwatch.detectors import base
+from streamwatch.detectors.base import Detector
+from streamwatch.engine import Engine, Handoff
+from streamwatch.metrics import Metrics
+from streamwatch.mqtt import MQTTLink
+
+log = logging.getLogger(__name__)
+
+IDLE_SWEEP_S = 10.0
+STALL_S = 30.0
+"""The worker counts as stuck (``/readyz`` fails) when its loop has not turned for this long."""
+
+
+def configure_tensorflow_threads(cfg: Config) -> None:
+    """Pin TensorFlow's thread pools (before TF is imported) for a small edge machine."""
+    if cfg.engine.tf_intra_threads:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(cfg.engine.tf_intra_threads))
+    if cfg.engine.tf_inter_threads:
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(cfg.engine.tf_inter_threads))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_detector(cfg: Config) -> tuple[Detector, str]:
+    """Load ``cfg.model_dir`` if set (ModelError if unusable), else a fresh detector."""
+    configure_tensorflow_threads(cfg)
+    if cfg.model_dir is not None:
+        return base.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
+    det = base.create(cfg.detector, cfg.windows.length)
+    det.thresholds.false_alarm_rate = cfg.threshold.false_alarm_rate
+    return det, "online"
+
+
+class Daemon:
+    """Wires config, detector, engine, MQTT link and HTTP endpoint together."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        registry: CollectorRegistry | None = None,
+        on_alert: Callable[[AlertEvent], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, cfg.metrics.max_sensor_labels)
+        detector, source = build_detector(cfg)
+        self.metrics.set_model(
+            detector.name, base.config_hash(detector.config, detector.window), source
+        )
+        self.on_alert = on_alert
+        self.handoff = Handoff(cfg.engine.queue_readings)
+        self.engine = Engine(cfg, detector, self.metrics, self._publish_event)
+        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
+        self.metrics.gauges_fn = self._gauges
+        self.http: WSGIServer | None = None
+        self.heartbeat = time.time()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        self._reloading = threading.Lock()
+
+    # -- health ---------------------------------------------------------------------------
+
+    def live(self) -> str | None:
+        """None while the worker loop turns; else why not."""
+        if not self._worker.is_alive():
+            return "worker thread is not running"
+        stalled = time.time() - self.heartbeat
+        return f"worker loop stalled for {stalled:.0f}s" if stalled > STALL_S else None
+
+    def ready(self) -> str | None:
+        """None when connected, subscribed, model loaded and the worker alive; else why not."""
+        if (reason := self.live()) is not None:
+            return reason
+        if not self.link.subscribed.is_set():
+            return self.link.last_error or "not subscribed yet"
+        if not self.engine.detector.trained:
+            return f"no trained {self.engine.detector.name} model yet"
+        return None
+
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "sensors_tracked": len(self.engine.windows),
+            "sensors_warming": self.engine.warming,
+            "queue_readings": len(self.handoff),
+            "heartbeat": self.heartbeat,
+        }
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the HTTP endpoint listens on (useful with ``metrics.port = 0``)."""
+        return self.http.server_port if self.http else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the HTTP endpoint, the worker and the broker connection."""
+        m = self.cfg.metrics
+        if m.enabled:
+            app = httpd.make_app(self.registry, self.live, self.ready, m.basic_auth())
+            self.http = httpd.serve(app, m.host, m.port, m.tls_cert_file, m.tls_key_file)
+        self._worker.start()
+        self.link.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking messages, score what was taken, publish, disconnect."""
+        if self._stop.is_set():
+            return
+        sdnotify.stopping()
+        log.info("stopping: draining %d queued readings", len(self.handoff))
+        self.link.accepting = False
+        self._stop.set()
+        self._stopped.wait(timeout)
+        self.link.stop(timeout)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        log.info("stopped")
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until subscribed (True) or ``timeout`` passes (False)."""
+        return self.link.subscribed.wait(timeout)
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the model. Call from the main thread."""
+        stop = threading.Event()
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        self.start()
+        notified = False
+        while not stop.wait(0.5):
+            if not notified and self.link.subscribed.is_set():
+                sdnotify.ready()
+                notified = True
+        self.stop()
+
+    def reload(self) -> bool:
+        """Reload ``model_dir`` off the worker thread and swap it in; False if it failed."""
+        if self.cfg.model_dir is None:
+            log.warning("SIGHUP: no model_dir configured, nothing to reload")
+            return False
+        with self._reloading:
+            sdnotify.reloading()
+            try:
+                det = base.load(self.cfg.model_dir, expect=self.cfg.detector)
+            except base.ModelError as exc:
+                log.error("reload failed, keeping the current model: %s", exc)
+                return False
+            finally:
+                sdnotify.ready()
+            self.engine.request_swap(det)
+            self.metrics.set_model(
+                det.name, base.config_hash(det.config, det.window), str(self.cfg.model_dir)
+            )
+            log.info("reloaded model from %s", self.cfg.model_dir)
+            return True
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        next_sweep = time.time() + IDLE_SWEEP_S
+        watchdog_every = (sdnotify.watchdog_interval() or 20.0) / 2
+        next_watchdog = 0.0
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                items = self.handoff.drain(0 if stopping else 0.2)
+                if items:
+                    try:
+                        self.engine.process(items)
+                    except Exception:
+                        log.exception("error processing %d messages; carrying on", len(items))
+                now = time.time()
+                self.heartbeat = now
+                if now >= next_watchdog:
+                    sdnotify.watchdog()
+                    next_watchdog = now + watchdog_every
+                if now >= next_sweep:
+                    self.engine.evict_idle(now)
+                    next_sweep = now + IDLE_SWEEP_S
+                if stopping and not len(self.handoff):
+                    break
+        finally:
+            self._stopped.set()
+
+    def _publish_event(self, ev: AlertEvent) -> None:
+        mq = self.cfg.mqtt
+        self.link.publish(f"{mq.alert_prefix}/{ev.sensor}", ev.payload())
+        state = {
+            "state": ev.state,
+            "alert_id": ev.alert_id,
+            "ts": ev.ts,
+            "score": ev.score,
+            "threshold": ev.threshold,
+        }
+        self.link.publish(f"{mq.state_prefix}/{ev.sensor}", json.dumps(state).encode(), retain=True)
+        level = logging.WARNING if ev.state == RAISED else logging.INFO
+        log.log(
+            level,
+            "alert %s: sensor=%s score=%.3f threshold=%.3f id=%s",
+            ev.state,
+            ev.sensor,
+            ev.score,
+            ev.threshold,
+            ev.alert_id,
+        )
+        if self.on_alert is not None:
+            self.on_alert(ev)

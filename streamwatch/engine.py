@@ -1,0 +1,345 @@
+"""The worker: readings in, alert events out. The daemon and ``replay`` share it exactly.
+
+One thread owns all of this state, so it needs no locks. Per drained batch it:
+
+1. pushes each reading into its sensor's window (order and gap checks, warm-up);
+2. scores every window that came due, from all sensors, in one detector call;
+3. compares each score with its sensor's calibrated threshold;
+4. feeds the verdicts to the sensors' alert state machines;
+5. hands the transitions to a sink (MQTT in the daemon, a list in replay).
+
+A sensor the model does not know yet collects ``detector.warmup`` readings first; the detector
+then adapts to it (fits its Normal, or learns its normalisation) and its threshold is
+calibrated from those warm-up scores. Scoring never waits on this: other sensors go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamwatch.alerts import RAISED, AlertEvent, AlertState
+from streamwatch.config import Config
+from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.metrics import Metrics, SensorSeries
+from streamwatch.parse import Reading
+from streamwatch.threshold import CalibrationError, calibrate
+from streamwatch.windows import Windows
+
+log = logging.getLogger(__name__)
+
+TOP_STEPS = 3
+"""How many of a window's steps an alert names as contributing most to its score."""
+
+
+@dataclass(slots=True)
+class SensorState:
+    """What the engine keeps per sensor beside its window buffer."""
+
+    alert: AlertState
+    series: SensorSeries
+    threshold: float | None = None
+    warm: list[float] | None = field(default_factory=list)
+    """Warm-up readings; None once the sensor is scored."""
+
+
+Item = tuple[Sequence[Reading], float]
+"""A message's readings and the wall-clock time it arrived."""
+
+
+class Handoff:
+    """The bounded queue between the MQTT thread and the worker.
+
+    ``put`` never blocks (the network thread must not stall). Past ``max_readings`` waiting,
+    the oldest messages are shed and counted, so memory stays bounded under overload and the
+    freshest data is scored first.
+    """
+
+    def __init__(self, max_readings: int) -> None:
+        self.max_readings = max_readings
+        self._items: deque[Item] = deque()
+        self._count = 0
+        self._cond = threading.Condition()
+        self.shed = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, readings: Sequence[Reading], arrived: float) -> int:
+        """Queue one message's readings; returns how many old readings were shed for it."""
+        shed = 0
+        with self._cond:
+            self._items.append((readings, arrived))
+            self._count += len(readings)
+            while self._count > self.max_readings and len(self._items) > 1:
+                old, _ = self._items.popleft()
+                self._count -= len(old)
+                shed += len(old)
+            self.shed += shed
+            self._cond.notify()
+        return shed
+
+    def drain(self, timeout: float) -> list[Item]:
+        """Everything waiting, after waiting up to ``timeout`` seconds for anything."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            items = list(self._items)
+            self._items.clear()
+            self._count = 0
+        return items
+
+
+class Engine:
+    """Windows → batched scores → thresholds → alert transitions, for every sensor."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        detector: Detector,
+        metrics: Metrics,
+        sink: Callable[[AlertEvent], None],
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.sink = sink
+        self.detector = detector
+        self.windows = self._new_windows(detector)
+        self._pending: Detector | None = None
+        self._pending_lock = threading.Lock()
+        self.warming = 0
+
+    def _new_windows(self, detector: Detector) -> Windows:
+        w = self.cfg.windows
+        stride = 1 if detector.kind == "reading" else w.stride
+        return Windows(detector.window, stride, w.max_gap_s, w.max_sensors, w.idle_evict_s)
+
+    # -- model swap (SIGHUP reload, background training) ------------------------------------
+
+    def request_swap(self, detector: Detector) -> None:
+        """Swap in a new detector before the next batch (thread-safe)."""
+        with self._pending_lock:
+            self._pending = detector
+
+    def _apply_swap(self) -> None:
+        with self._pending_lock:
+            new, self._pending = self._pending, None
+        if new is None:
+            return
+        old = self.detector
+        self.detector = new
+        if new.window != old.window or new.kind != old.kind:
+            # The window shape changed: keep alert state, restart the buffers.
+            carried = {s: sw.state for s, sw in self.windows.sensors.items()}
+            self.windows = self._new_windows(new)
+            for sensor, st in carried.items():
+                self.windows.get(sensor, time.time()).state = st
+        self.warming = 0
+        for sensor, sw in self.windows.sensors.items():
+            st: SensorState | None = sw.state
+            if st is None:
+                continue
+            st.threshold = new.thresholds.get(sensor)
+            if new.knows(sensor) and st.threshold is not None:
+                st.warm = None
+                st.series.warming = 0
+                st.series.threshold = st.threshold
+            else:
+                st.warm = []
+                st.series.warming = 1
+                self.warming += 1
+        log.info("swapped in %s model (%d sensors warming)", new.name, self.warming)
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def process(self, items: Iterable[Item], now: float | None = None) -> list[AlertEvent]:
+        """Run a drained batch of messages through the pipeline; return the transitions."""
+        self._apply_swap()
+        now = time.time() if now is None else now
+        det = self.detector
+        windows = self.windows
+        rejected: dict[str, int] = {}
+        sensors: list[str] = []
+        rows: list[np.ndarray] = []
+        spans: list[tuple[float, float]] = []
+        states: list[SensorState] = []
+        arrivals: list[float] = []
+        restarts = windows.restarts
+        for readings, arrived in items:
+            for r in readings:
+                sw = windows.get(r.sensor, now)
+                st: SensorState | None = sw.state
+                if st is None:
+                    st = sw.state = self._new_state(r.sensor)
+                due = windows.add(sw, r.ts, r.value)
+                if due.__class__ is str:
+                    rejected[due] = rejected.get(due, 0) + 1  # type: ignore[index]
+                    continue
+                series = st.series
+                series.readings += 1
+                series.last_ts = r.ts
+                if st.warm is not None:
+                    self._warm_up(r.sensor, st, r.value)
+                    continue
+                if due:
+                    sensors.append(r.sensor)
+                    rows.append(sw.window().copy())
+                    spans.append(sw.window_span())
+                    states.append(st)
+                    arrivals.append(arrived)
+        for reason, n in rejected.items():
+            self.metrics.rejected.labels(reason).inc(n)
+        if windows.restarts != restarts:
+            self.metrics.window_restarts.inc(windows.restarts - restarts)
+        self._evicted()
+        if not rows:
+            return []
+        return self._score(det, sensors, np.stack(rows), spans, states, np.asarray(arrivals))
+
+    def _score(
+        self,
+        det: Detector,
+        sensors: list[str],
+        x: np.ndarray,
+        spans: list[tuple[float, float]],
+        states: list[SensorState],
+        arrivals: np.ndarray,
+    ) -> list[AlertEvent]:
+        cap = self.cfg.engine.max_batch
+        if len(sensors) <= cap:
+            scores = det.score(sensors, x)
+        else:
+            scores = np.concatenate(
+                [det.score(sensors[i : i + cap], x[i : i + cap]) for i in range(0, len(x), cap)]
+            )
+        thr = np.fromiter((st.threshold for st in states), dtype=np.float64, count=len(states))
+        verdicts = scores > thr
+        events: list[AlertEvent] = []
+        raised_rows: list[tuple[int, int]] = []  # (event index, row index)
+        for i, st in enumerate(states):
+            series = st.series
+            series.score = float(scores[i])
+            change = st.alert.update(bool(verdicts[i]))
+            if change is None:
+                continue
+            state, alert_id = change
+            if state == RAISED:
+                series.raised += 1
+                series.active = 1
+                if det.kind == "window":
+                    raised_rows.append((len(events), i))
+            else:
+                series.cleared += 1
+                series.active = 0
+            start, end = spans[i]
+            events.append(
+                AlertEvent(
+                    sensors[i],
+                    state,
+                    end,
+                    float(scores[i]),
+                    float(thr[i]),
+                    det.name,
+                    start,
+                    end,
+                    alert_id,
+                )
+            )
+        if raised_rows:
+            self._explain(det, sensors, x, spans, events, raised_rows)
+        self.metrics.windows_scored.inc(len(sensors))
+        done = time.time()
+        self.metrics.latency.observe(done - arrivals)
+        self.metrics.margin.observe(scores - thr)
+        for ev in events:
+            self.sink(ev)
+        return events
+
+    def _explain(
+        self,
+        det: Detector,
+        sensors: list[str],
+        x: np.ndarray,
+        spans: list[tuple[float, float]],
+        events: list[AlertEvent],
+        which: list[tuple[int, int]],
+    ) -> None:
+        rows = [r for _, r in which]
+        contrib = det.explain([sensors[r] for r in rows], x[rows])
+        for (j, r), c in zip(which, contrib, strict=True):
+            start, end = spans[r]
+            n = x.shape[1]
+            step_s = (end - start) / (n - 1) if n > 1 else 0.0
+            top = np.argsort(c)[::-1][:TOP_STEPS]
+            events[j].top_steps = [
+                {"index": int(k), "ts": start + step_s * int(k), "contribution": float(c[k])}
+                for k in top
+            ]
+
+    # -- per-sensor bookkeeping -----------------------------------------------------------
+
+    def _new_state(self, sensor: str) -> SensorState:
+        a = self.cfg.alerts
+        st = SensorState(AlertState(a.raise_k, a.raise_n, a.clear_m), self.metrics.series(sensor))
+        thr = self.detector.thresholds.get(sensor)
+        if self.detector.knows(sensor) and thr is not None:
+            st.threshold = thr
+            st.warm = None
+            st.series.warming = 0
+            st.series.threshold = thr
+        else:
+            self.warming += 1
+        return st
+
+    def _warm_up(self, sensor: str, st: SensorState, value: float) -> None:
+        warm = st.warm
+        assert warm is not None
+        warm.append(value)
+        det = self.detector
+        if len(warm) < det.config.warmup:
+            return
+        values = np.asarray(warm)
+        try:
+            if not det.knows(sensor):
+                det.adapt(sensor, values)
+            thr = det.thresholds.per_sensor.get(sensor)
+            if thr is None:
+                x = det.windows_of(values)
+                scores = det.score([sensor] * len(x), x)
+                thr = calibrate(scores, self.cfg.threshold.false_alarm_rate)
+                det.thresholds.per_sensor[sensor] = thr
+        except NotTrained:
+            del warm[: len(warm) - det.config.warmup + 1]  # keep the newest, bounded
+            return
+        except (CalibrationError, ValueError) as exc:
+            log.warning("sensor %s: warm-up failed, collecting more data: %s", sensor, exc)
+            del warm[: len(warm) // 2]
+            return
+        st.threshold = thr
+        st.warm = None
+        st.series.warming = 0
+        st.series.threshold = thr
+        self.warming -= 1
+        log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
+
+    def _evicted(self) -> None:
+        gone = self.windows.evicted_ids
+        if not gone:
+            return
+        for sensor, sw in gone:
+            self.metrics.release(sensor)
+            if sw.state is not None and sw.state.warm is not None:
+                self.warming -= 1
+        self.metrics.evicted.inc(len(gone))
+        gone.clear()
+
+    def evict_idle(self, now: float) -> None:
+        """Drop sensors idle longer than ``windows.idle_evict_s``."""
+        self.windows.evict_idle(now)
+        self._evicted()

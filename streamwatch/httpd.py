@@ -1,0 +1,80 @@
+"""The HTTP endpoint: /metrics (prometheus-client's exposition), /healthz and /readyz.
+
+``/healthz`` answers 200 while the worker loop turns (liveness); ``/readyz`` answers 200 only
+when the broker connection is up and a model is loaded, else 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], str | None]
+"""Returns None when fine, else the reason it is not."""
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def make_app(
+    registry: CollectorRegistry,
+    live: Check,
+    ready: Check,
+    basic_auth: tuple[str, str] | None = None,
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app serving /metrics, /healthz and /readyz (optionally behind basic auth)."""
+    metrics_app = make_wsgi_app(registry)
+    expected = None
+    if basic_auth is not None:
+        expected = "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if expected is not None and not hmac.compare_digest(
+            environ.get("HTTP_AUTHORIZATION", ""), expected
+        ):
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="streamwatch"'), ("Content-Type", "text/plain")],
+            )
+            return [b"unauthorized\n"]
+        if path in ("/healthz", "/readyz"):
+            reason = (live if path == "/healthz" else ready)()
+            status = "200 OK" if reason is None else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [(reason or "ok").encode() + b"\n"]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def serve(
+    app: Callable[..., Iterable[bytes]],
+    host: str,
+    port: int,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> WSGIServer:
+    """Serve ``app`` on a daemon thread; ``port`` 0 takes a free port (see server_port)."""
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    if certfile and keyfile:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(certfile), str(keyfile))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics on http%s://%s:%d/metrics", "s" if certfile else "", host, server.server_port)
+    return server

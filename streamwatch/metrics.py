@@ -1,0 +1,266 @@
+"""Every metric in one place, on a registry that is passed in (docs/metrics.md lists them).
+
+The worker never touches a prometheus-client object per reading. Per-sensor values live in
+plain :class:`SensorSeries` records that the worker updates as attributes, and histograms are
+filled a batch at a time (:class:`BulkHistogram`); a custom collector turns both into metric
+families when Prometheus scrapes. So a reading costs a few attribute writes, and per-sensor
+labels are capped: past ``max_sensor_labels`` sensors share the label ``_other``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from streamwatch import parse
+
+OTHER = "_other"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MARGIN_BUCKETS = (-20.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+
+
+def package_version() -> str:
+    """The installed streamwatch version."""
+    try:
+        return version("streamwatch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(slots=True)
+class SensorSeries:
+    """The per-sensor values exported under one ``sensor`` label."""
+
+    readings: int = 0
+    raised: int = 0
+    cleared: int = 0
+    score: float = math.nan
+    threshold: float = math.nan
+    warming: int = 1
+    active: int = 0
+    last_ts: float = math.nan
+
+
+class BulkHistogram:
+    """A label-less histogram filled from numpy arrays, one call per batch."""
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = np.asarray(tuple(bounds), dtype=np.float64)
+        self._counts = np.zeros(self.bounds.size + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, values: np.ndarray) -> None:
+        """Add every finite value of ``values``."""
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            return
+        idx = np.searchsorted(self.bounds, v, side="left")  # buckets are "less or equal"
+        add = np.bincount(idx, minlength=self._counts.size)
+        with self._lock:
+            self._counts += add
+            self._sum += float(v.sum())
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        """The histogram as a metric family with cumulative buckets."""
+        with self._lock:
+            cum = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [(repr(float(b)), int(c)) for b, c in zip(self.bounds, cum[:-1], strict=True)]
+        buckets.append(("+Inf", int(cum[-1])))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+class Metrics:
+    """The daemon's metrics. Create one per daemon (or per test) with its own registry."""
+
+    def __init__(self, registry: CollectorRegistry, max_sensor_labels: int = 1000) -> None:
+        self.registry = registry
+        self.max_sensor_labels = max_sensor_labels
+        self._series: dict[str, SensorSeries] = {}
+        self._other = SensorSeries(warming=0)
+        self.latency = BulkHistogram(LATENCY_BUCKETS)
+        self.margin = BulkHistogram(MARGIN_BUCKETS)
+        self.gauges_fn: Callable[[], dict[str, float]] = dict
+
+        self.rejected = Counter(
+            "streamwatch_rejected",
+            "Readings or messages rejected, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in parse.REASONS:
+            self.rejected.labels(reason)
+        self.shed = Counter(
+            "streamwatch_readings_shed",
+            "Readings dropped by the overload policy (oldest first)",
+            registry=registry,
+        )
+        self.windows_scored = Counter(
+            "streamwatch_windows_scored", "Windows (or single readings) scored", registry=registry
+        )
+        self.evicted = Counter(
+            "streamwatch_sensors_evicted",
+            "Sensors evicted (idle or over the cap)",
+            registry=registry,
+        )
+        self.window_restarts = Counter(
+            "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
+        )
+        self.mqtt_connected = Gauge(
+            "streamwatch_mqtt_connected", "1 when connected to the broker", registry=registry
+        )
+        self.reconnects = Counter(
+            "streamwatch_mqtt_reconnects", "Connections made after the first", registry=registry
+        )
+        self.publish_failures = Counter(
+            "streamwatch_publish_failures",
+            "Alert or state publishes that paho refused",
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "streamwatch_build_info",
+            "Build and detector in use",
+            ["version", "detector"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "streamwatch_model_info",
+            "The loaded model",
+            ["detector", "config_hash", "source"],
+            registry=registry,
+        )
+        registry.register(_SensorCollector(self))
+
+    def set_model(self, detector: str, config_hash: str, source: str) -> None:
+        """Record which model is loaded (replacing the previous one)."""
+        self.build_info.clear()
+        self.build_info.labels(package_version(), detector).set(1)
+        self.model_info.clear()
+        self.model_info.labels(detector, config_hash, source).set(1)
+
+    def series(self, sensor: str) -> SensorSeries:
+        """The record a sensor's values go to: its own while labels last, else ``_other``."""
+        s = self._series.get(sensor)
+        if s is not None:
+            return s
+        if len(self._series) >= self.max_sensor_labels:
+            return self._other
+        s = self._series[sensor] = SensorSeries()
+        return s
+
+    def release(self, sensor: str) -> None:
+        """Free an evicted sensor's label for another sensor."""
+        self._series.pop(sensor, None)
+
+    def per_sensor(self) -> list[tuple[str, SensorSeries]]:
+        """A snapshot of the labelled sensors (safe to call from the scrape thread)."""
+        return list(self._series.items())
+
+    @property
+    def other(self) -> SensorSeries:
+        """The catch-all record for sensors past the label cap."""
+        return self._other
+
+
+class _SensorCollector(Collector):
+    """Builds the per-sensor and bulk-histogram families at scrape time."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        rows = m.per_sensor()
+        other = m.other
+        readings = CounterMetricFamily(
+            "streamwatch_readings", "Readings accepted", labels=["sensor"]
+        )
+        raised = CounterMetricFamily(
+            "streamwatch_alerts_raised", "Alerts raised", labels=["sensor"]
+        )
+        cleared = CounterMetricFamily(
+            "streamwatch_alerts_cleared", "Alerts cleared", labels=["sensor"]
+        )
+        score = GaugeMetricFamily("streamwatch_score", "Latest anomaly score", labels=["sensor"])
+        thr = GaugeMetricFamily(
+            "streamwatch_threshold", "Calibrated score threshold", labels=["sensor"]
+        )
+        warming = GaugeMetricFamily(
+            "streamwatch_sensor_warming", "1 while the sensor warms up", labels=["sensor"]
+        )
+        active = GaugeMetricFamily(
+            "streamwatch_alert_active", "1 while the sensor's alert is raised", labels=["sensor"]
+        )
+        last = GaugeMetricFamily(
+            "streamwatch_last_reading_timestamp_seconds",
+            "Timestamp of the sensor's last accepted reading",
+            labels=["sensor"],
+        )
+        n_warming = 0
+        n_active = other.active
+        for sensor, s in rows:
+            lab = [sensor]
+            readings.add_metric(lab, s.readings)
+            raised.add_metric(lab, s.raised)
+            cleared.add_metric(lab, s.cleared)
+            warming.add_metric(lab, s.warming)
+            active.add_metric(lab, s.active)
+            n_warming += s.warming
+            n_active += s.active
+            if not math.isnan(s.score):
+                score.add_metric(lab, s.score)
+            if not math.isnan(s.threshold):
+                thr.add_metric(lab, s.threshold)
+            if not math.isnan(s.last_ts):
+                last.add_metric(lab, s.last_ts)
+        if other.readings or other.raised:
+            readings.add_metric([OTHER], other.readings)
+            raised.add_metric([OTHER], other.raised)
+            cleared.add_metric([OTHER], other.cleared)
+        yield from (readings, raised, cleared, score, thr, warming, active, last)
+        gauges = m.gauges_fn()
+        yield _gauge("streamwatch_alerts_active", "Sensors in the raised state", n_active)
+        yield _gauge(
+            "streamwatch_sensors_warming",
+            "Sensors still warming up",
+            gauges.get("sensors_warming", n_warming),
+        )
+        for key, name, doc in (
+            ("sensors_tracked", "streamwatch_sensors_tracked", "Sensors with live window state"),
+            ("queue_readings", "streamwatch_queue_readings", "Readings waiting for the worker"),
+            (
+                "heartbeat",
+                "streamwatch_worker_heartbeat_timestamp_seconds",
+                "Last time the worker loop turned",
+            ),
+        ):
+            if key in gauges:
+                yield _gauge(name, doc, gauges[key])
+        yield m.latency.family(
+            "streamwatch_processing_latency_seconds", "Reading arrival to verdict"
+        )
+        yield m.margin.family(
+            "streamwatch_score_margin", "Score minus threshold (nats) of each scored window"
+        )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)

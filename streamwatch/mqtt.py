@@ -1,0 +1,272 @@
+"""The paho-mqtt link: connect, persistent session, subscribe in on_connect, last will, publish.
+
+The network thread only decodes and hands off. Readings are acknowledged (QoS 1, paho's
+``manual_ack``) once they are in the worker's queue, so a reading the daemon never took is
+redelivered by the broker from the persistent session. No exception escapes a callback: one
+would kill paho's network thread.
+
+Broker requirements for no loss across restarts: Mosquitto ``persistence true`` and a
+``max_queued_messages`` above the readings that can arrive while the daemon is away (the
+default, 1000 per client, drops the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from streamwatch.config import MQTTConfig, PayloadConfig
+from streamwatch.logutil import RateLimited
+from streamwatch.metrics import Metrics
+from streamwatch.parse import Reading, parse
+
+log = logging.getLogger(__name__)
+_limited = RateLimited(log)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+# CONNACK reasons that retrying cannot fix: the user must change something.
+_FATAL_CONNACK = {
+    "Bad user name or password",
+    "Not authorized",
+    "Client identifier not valid",
+    "Unsupported protocol version",
+    "Banned",
+    "Bad authentication method",
+}
+
+
+class MQTTLink:
+    """One broker connection, shared by ingest (subscribe) and alerts (publish)."""
+
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        payload: PayloadConfig,
+        metrics: Metrics,
+        hand_off: Callable[[Sequence[Reading], float], object],
+    ) -> None:
+        self.cfg = cfg
+        self.payload = payload
+        self.metrics = metrics
+        self.hand_off = hand_off
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.last_error: str | None = "not connected yet"
+        self.accepting = True
+        """Cleared at shutdown: later messages are left unacknowledged for redelivery."""
+        self._connections = 0
+        v5 = cfg.protocol == "5"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        self.client.enable_logger(logging.getLogger("paho"))
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(100)
+        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self.client.will_set(cfg.status_topic, OFFLINE, qos=1, retain=True)
+        password = cfg.password()
+        if cfg.username is not None:
+            self.client.username_pw_set(
+                cfg.username, password.get_secret_value() if password else None
+            )
+        if cfg.use_tls:
+            self._setup_tls()
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    def _setup_tls(self) -> None:
+        t = self.cfg.tls
+        ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+        ctx.check_hostname = t.check_hostname
+        if t.cert_file and t.key_file:
+            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+        self.client.tls_set_context(ctx)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; paho's thread reconnects with backoff after that."""
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+        log.info(
+            "connecting to %s:%d as %s (MQTT %s%s)",
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.client_id,
+            self.cfg.protocol,
+            ", TLS" if self.cfg.use_tls else "",
+        )
+        self.client.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=False if self.cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say offline, wait for queued publishes to leave (up to ``timeout``), disconnect."""
+        self.accepting = False
+        if self.connected.is_set():
+            info = self.client.publish(self.cfg.status_topic, OFFLINE, qos=1, retain=True)
+            deadline = time.monotonic() + timeout
+            while (
+                not info.is_published()
+                and time.monotonic() < deadline
+                and (self.connected.is_set())
+            ):
+                time.sleep(0.02)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.metrics.mqtt_connected.set(0)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1; while disconnected paho queues it and sends it on reconnect."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.metrics.publish_failures.inc()
+            _limited.log(
+                logging.ERROR,
+                "publish",
+                "publish to %s failed: %s",
+                topic,
+                mqtt.error_string(info.rc),
+            )
+
+    # -- paho callbacks (network thread: never raise, never block) ------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            if rc.is_failure:
+                reason = str(rc)
+                self.last_error = f"broker refused the connection: {reason}"
+                hint = " (check username/password)" if reason in _FATAL_CONNACK else ""
+                _limited.log(
+                    logging.ERROR,
+                    "connack",
+                    "%s%s; retrying with backoff up to %ss",
+                    self.last_error,
+                    hint,
+                    self.cfg.reconnect_max_s,
+                )
+                return
+            self._connections += 1
+            if self._connections > 1:
+                self.metrics.reconnects.inc()
+            session = getattr(flags, "session_present", False)
+            opts: SubscribeOptions | int = self.cfg.qos
+            if self.cfg.protocol == "5":
+                opts = SubscribeOptions(qos=self.cfg.qos)
+            client.subscribe([(t, opts) for t in self.cfg.topics])
+            client.publish(self.cfg.status_topic, ONLINE, qos=1, retain=True)
+            self.last_error = None
+            self.connected.set()
+            self.metrics.mqtt_connected.set(1)
+            log.info(
+                "connected to %s:%d (session present: %s); subscribed to %s",
+                self.cfg.host,
+                self.cfg.port,
+                session,
+                ", ".join(self.cfg.topics),
+            )
+        except Exception:
+            log.exception("error in on_connect")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self.last_error = f"cannot connect to {self.cfg.host}:{self.cfg.port}"
+            _limited.log(
+                logging.ERROR,
+                "connect_fail",
+                "%s; retrying with backoff up to %ss",
+                self.last_error,
+                self.cfg.reconnect_max_s,
+            )
+        except Exception:
+            log.exception("error in on_connect_fail")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            was = self.connected.is_set()
+            self.connected.clear()
+            self.subscribed.clear()
+            self.metrics.mqtt_connected.set(0)
+            if was and self.accepting:
+                self.last_error = f"disconnected: {rc}"
+                _limited.log(
+                    logging.WARNING, "disconnect", "disconnected from broker (%s); reconnecting", rc
+                )
+        except Exception:
+            log.exception("error in on_disconnect")
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
+    ) -> None:
+        try:
+            refused = [(t, c) for t, c in zip(self.cfg.topics, codes, strict=False) if c.is_failure]
+            for topic, code in refused:
+                log.error("subscription to %s refused: %s", topic, code)
+            if not refused:
+                self.subscribed.set()
+        except Exception:
+            log.exception("error in on_subscribe")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self.accepting:
+            return  # unacknowledged: the broker redelivers it to our next session
+        try:
+            now = time.time()
+            out = parse(msg.topic, msg.payload, now, self.payload)
+            for reason in out.rejects:
+                self.metrics.rejected.labels(reason).inc()
+            if out.rejects:
+                _limited.log(
+                    logging.WARNING,
+                    "rejected",
+                    "rejected %d item(s) on %r: %s",
+                    len(out.rejects),
+                    msg.topic,
+                    ", ".join(sorted(set(out.rejects))),
+                )
+            if out.readings:
+                shed = self.hand_off(out.readings, now)
+                if shed:
+                    self.metrics.shed.inc(shed)  # type: ignore[arg-type]
+                    _limited.log(
+                        logging.WARNING, "shed", "overloaded: shed %s oldest readings", shed
+                    )
+        except Exception:
+            log.exception("error handling message on %r", msg.topic)
+        finally:
+            if msg.qos > 0:
+                try:
+                    client.ack(msg.mid, msg.qos)
+                except Exception:
+                    log.exception("error acknowledging message")
