@@ -1,0 +1,320 @@
+"""The detector contract, run against every detector, plus detector-specific checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig
+from streamwatch.detectors import base
+from streamwatch.detectors.base import Detector, ModelError, NotTrained
+from streamwatch.threshold import calibrate
+
+WINDOW = 20
+FAR = 1e-3
+SENSORS = ("s1", "s2")
+
+CONFIGS: dict[str, Any] = {
+    "gaussian": GaussianConfig(),
+    "gmm": GMMConfig(max_components=3, steps=150),
+    "lstm-vae": LSTMVAEConfig(
+        hidden=16, latent=4, epochs=10, batch_size=64, learning_rate=5e-3, patience=3
+    ),
+}
+
+
+def sine(n: int, seed: int, offset: int = 0) -> np.ndarray:
+    """sin(2πt) + sin(4πt) + N(0, 0.1²), 50 readings per period of the slow component."""
+    t = (np.arange(n) + offset) / 50.0
+    rng = np.random.default_rng(seed)
+    return np.sin(2 * np.pi * t) + np.sin(4 * np.pi * t) + rng.normal(0.0, 0.1, n)
+
+
+def scores_of(det: Detector, sensor: str, values: np.ndarray) -> np.ndarray:
+    """Score every window (stride 1) of one sensor's series."""
+    w = det.windows_of(values)
+    return det.score([sensor] * len(w), w)
+
+
+class Fitted:
+    """A detector fitted on normal data, with its calibrated threshold."""
+
+    def __init__(self, name: str) -> None:
+        self.det = base.create(CONFIGS[name], WINDOW)
+        self.det.fit({s: sine(1500, seed=i) for i, s in enumerate(SENSORS)})
+        held_out = np.concatenate(
+            [
+                scores_of(self.det, s, sine(1000, seed=10 + i, offset=1500))
+                for i, s in enumerate(SENSORS)
+            ]
+        )
+        self.threshold = calibrate(held_out, FAR)
+        self.det.thresholds.pooled = self.threshold
+
+
+_FITTED: dict[str, Fitted] = {}
+
+
+def fitted_detector(name: str) -> Fitted:
+    """Fit each detector once per test session."""
+    if name not in _FITTED:
+        _FITTED[name] = Fitted(name)
+    return _FITTED[name]
+
+
+@pytest.fixture(params=list(CONFIGS))
+def fitted(request: pytest.FixtureRequest) -> Fitted:
+    return fitted_detector(request.param)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+SEGMENT = slice(300, 360)
+
+
+def _spike(v: np.ndarray) -> np.ndarray:
+    v[SEGMENT.start] += 4.0
+    return v
+
+
+def _level_shift(v: np.ndarray) -> np.ndarray:
+    v[SEGMENT] += 1.0
+    return v
+
+
+def _noise_burst(v: np.ndarray) -> np.ndarray:
+    v[SEGMENT] += np.random.default_rng(7).normal(0.0, 1.0, SEGMENT.stop - SEGMENT.start)
+    return v
+
+
+@pytest.mark.parametrize("inject", [_spike, _level_shift, _noise_burst], ids=lambda f: f.__name__)
+def test_anomalies_score_above_threshold_and_normal(fitted: Fitted, inject: Any) -> None:
+    det = fitted.det
+    clean = sine(600, seed=99)
+    normal = scores_of(det, "s1", clean)
+    anomalous = scores_of(det, "s1", inject(clean.copy()))
+    # Windows that contain at least one injected reading.
+    touched = anomalous[max(0, SEGMENT.start - det.window + 1) : SEGMENT.stop]
+    assert touched.max() > fitted.threshold
+    assert touched.max() > normal.max()
+    # The clean series hardly ever crosses a threshold calibrated for 1 in 1000.
+    assert (normal > fitted.threshold).mean() <= 0.01
+
+
+def test_save_load_gives_identical_scores(fitted: Fitted, tmp_path: Path) -> None:
+    fitted.det.save(tmp_path / "m")
+    loaded = base.load(tmp_path / "m", expect=fitted.det.config)
+    assert type(loaded) is type(fitted.det)
+    assert loaded.thresholds.pooled == fitted.threshold
+    x = sine(200, seed=5)
+    for s in SENSORS:
+        np.testing.assert_array_equal(scores_of(loaded, s, x), scores_of(fitted.det, s, x))
+
+
+def _bundle(fitted: Fitted, tmp_path: Path) -> Path:
+    path = tmp_path / "m"
+    fitted.det.save(path)
+    return path
+
+
+def test_edited_weights_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
+    path = _bundle(fitted, tmp_path)
+    files = json.loads((path / base.MANIFEST).read_text())["files"]
+    weights = [f for f in files if f.endswith(".h5")] or [base.SENSORS]
+    target = path / weights[0]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        base.load(path)
+
+
+def test_truncated_sensors_json_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
+    path = _bundle(fitted, tmp_path)
+    text = (path / base.SENSORS).read_text()
+    (path / base.SENSORS).write_text(text[: len(text) // 2])
+    with pytest.raises(ModelError):
+        base.load(path)
+
+
+def test_missing_manifest_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
+    path = _bundle(fitted, tmp_path)
+    (path / base.MANIFEST).unlink()
+    with pytest.raises(ModelError, match="missing"):
+        base.load(path)
+
+
+def test_wrong_detector_type_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
+    path = _bundle(fitted, tmp_path)
+    for name, other in CONFIGS.items():
+        if name != fitted.det.name:
+            with pytest.raises(ModelError, match="config asks for"):
+                base.load(path, expect=other)
+    # A manifest edited to claim another type does not load either.
+    manifest = json.loads((path / base.MANIFEST).read_text())
+    manifest["detector"] = "gmm" if fitted.det.name != "gmm" else "gaussian"
+    (path / base.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelError):
+        base.load(path)
+
+
+# -- exact densities ------------------------------------------------------------------------
+
+
+def test_numpy_densities_equal_tfp_log_prob() -> None:
+    import tensorflow_probability as tfp
+
+    from streamwatch.detectors.gaussian import GaussianDetector
+    from streamwatch.detectors.gmm import GMMDetector
+
+    tfd = tfp.distributions
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 4.0, 500)
+
+    g = GaussianDetector(GaussianConfig(), 1)
+    g.fit({"a": rng.normal(1.5, 2.0, 1000)})
+    mu, sigma = g.params("a")
+    expected = -tfd.Normal(np.float64(mu), np.float64(sigma)).log_prob(x).numpy()
+    np.testing.assert_allclose(g.score(["a"] * x.size, x[:, None]), expected, rtol=1e-6)
+
+    m = GMMDetector(GMMConfig(max_components=3, steps=150), 1)
+    m.fit({"a": np.concatenate([rng.normal(-3.0, 0.5, 600), rng.normal(4.0, 1.0, 400)])})
+    w, loc, scale = m.params("a")
+    mix = tfd.MixtureSameFamily(tfd.Categorical(probs=w), tfd.Normal(loc=loc, scale=scale))
+    np.testing.assert_allclose(
+        m.score(["a"] * x.size, x[:, None]), -mix.log_prob(x).numpy(), rtol=1e-6
+    )
+
+
+# -- GMM ------------------------------------------------------------------------------------
+
+
+def two_state(n: int, seed: int) -> np.ndarray:
+    """A machine alternating between idle (≈0) and running (≈10) in blocks of 50..300."""
+    rng = np.random.default_rng(seed)
+    out = []
+    running = False
+    while sum(map(len, out)) < n:
+        k = int(rng.integers(50, 300))
+        out.append(rng.normal(10.0, 0.5, k) if running else rng.normal(0.0, 0.05, k))
+        running = not running
+    return np.concatenate(out)[:n]
+
+
+def test_gmm_two_state_signal() -> None:
+    from streamwatch.detectors.gmm import GMMDetector
+
+    det = GMMDetector(GMMConfig(max_components=4, steps=150), 1)
+    det.fit({"m": two_state(3000, seed=1)})
+    weights, loc, _ = det.params("m")
+    assert len(weights) > 1
+    assert np.any(np.abs(loc) < 0.5) and np.any(np.abs(loc - 10.0) < 0.5)
+
+    threshold = calibrate(det.score(["m"] * 3000, two_state(3000, seed=2)[:, None]), FAR)
+    fresh = two_state(3000, seed=3)
+    alarms = det.score(["m"] * fresh.size, fresh[:, None]) > threshold
+    # About 3 expected at 1e-3; a model blind to one state would flag hundreds.
+    assert alarms.sum() <= 10
+    assert alarms[fresh > 5.0].sum() <= 5 and alarms[fresh < 5.0].sum() <= 5
+    # A reading between the states (where a single Normal has its mean) is anomalous.
+    assert det.score(["m"], np.array([[5.0]]))[0] > threshold
+
+
+def test_reading_detectors_score_loaded_model_without_tensorflow(tmp_path: Path) -> None:
+    from streamwatch.detectors.gmm import GMMDetector
+
+    det = GMMDetector(GMMConfig(max_components=2, steps=50), 1)
+    det.fit({"a": np.r_[np.zeros(100), np.ones(100)] + np.linspace(0, 0.01, 200)})
+    det.save(tmp_path / "m")
+    code = (
+        "import sys, numpy as np; from pathlib import Path; "
+        "from streamwatch.detectors import base; "
+        f"d = base.load(Path({str(tmp_path / 'm')!r})); d.score(['a'], np.zeros((1, 1))); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- LSTM-VAE -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vae() -> Fitted:
+    return fitted_detector("lstm-vae")
+
+
+def test_lstm_vae_scores_do_not_depend_on_batching(vae: Fitted) -> None:
+    det = vae.det
+    x = det.windows_of(sine(150, seed=11))
+    sensors = ["s1", "s2"] * (len(x) // 2) + ["s1"] * (len(x) % 2)
+    reference = det.score(sensors, x)
+    for size in (1, 7, 64):
+        parts = [det.score(sensors[i : i + size], x[i : i + size]) for i in range(0, len(x), size)]
+        np.testing.assert_allclose(np.concatenate(parts), reference, rtol=1e-5, atol=1e-5)
+    old = det.max_batch
+    try:
+        det.max_batch = 16  # chunks of 16, the last padded to a smaller bucket
+        np.testing.assert_allclose(det.score(sensors, x), reference, rtol=1e-5, atol=1e-5)
+    finally:
+        det.max_batch = old
+    np.testing.assert_allclose(det.explain(sensors, x).sum(axis=1), reference, rtol=1e-5)
+    # One trace serves every batch size and bucket.
+    fn = det._nets["shared"].scorer(False)  # type: ignore[attr-defined]
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_lstm_vae_xla_agrees_with_graph_mode(vae: Fitted) -> None:
+    det = vae.det
+    x = det.windows_of(sine(84, seed=12))
+    sensors = ["s1"] * len(x)
+    reference = det.score(sensors, x)
+    det.jit_compile = True  # type: ignore[attr-defined]
+    try:
+        xla = det.score(sensors, x)
+    finally:
+        det.jit_compile = False  # type: ignore[attr-defined]
+    np.testing.assert_allclose(xla, reference, rtol=1e-4, atol=1e-3)
+
+
+def test_lstm_vae_adapt_needs_weights_and_learns_scaling(vae: Fitted) -> None:
+    fresh = base.create(CONFIGS["lstm-vae"], WINDOW)
+    assert not fresh.trained
+    with pytest.raises(NotTrained):
+        fresh.adapt("x", sine(100, seed=1))
+    det = vae.det
+    assert det.trained and not det.knows("new")
+    # The same signal at another scale: standardisation maps it onto the known sensor's.
+    det.adapt("new", 10.0 * sine(1500, seed=0) + 50.0)
+    assert det.knows("new")
+    x = sine(200, seed=13)
+    np.testing.assert_allclose(
+        scores_of(det, "new", 10.0 * x + 50.0), scores_of(det, "s1", x), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_lstm_vae_per_sensor_models_round_trip(tmp_path: Path) -> None:
+    cfg = CONFIGS["lstm-vae"].model_copy(update={"shared": False, "epochs": 1, "hidden": 4})
+    det = base.create(cfg, WINDOW)
+    det.fit({"a": sine(300, seed=1), "b": 3.0 * sine(300, seed=2)})
+    det.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").glob("*.h5")) == [
+        "m0.weights.h5",
+        "m1.weights.h5",
+    ]
+    loaded = base.load(tmp_path / "m")
+    x = sine(100, seed=3)
+    for s in ("a", "b"):
+        np.testing.assert_array_equal(scores_of(loaded, s, x), scores_of(det, s, x))
+    with pytest.raises(NotTrained):
+        loaded.adapt("c", x)
+    shutil.rmtree(tmp_path / "m")
