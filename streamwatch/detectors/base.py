@@ -247,6 +247,8 @@ def load(path: Path, expect: DetectorConfig | None = None) -> Detector:
         raise ModelError(f"{path / MANIFEST}: bad detector config: {exc}") from None
     if manifest.get("config_hash") != config_hash(config, window):
         raise ModelError(f"{path / MANIFEST}: config_hash does not match its config")
+    if config.type != name:
+        raise ModelError(f"{path / MANIFEST}: detector {name!r} but config type {config.type!r}")
     det = cls(config, window)
     det.trained_on = dict(manifest.get("trained_on") or {})
     try:
