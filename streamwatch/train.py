@@ -1,0 +1,145 @@
+"""``streamwatch train``: fit a detector on a CSV of normal readings and save a model bundle.
+
+Each sensor's series (only ``label == 0`` rows where the file has labels) is split in time:
+the first part trains the detector, the last :data:`CALIBRATION_FRACTION` is held out, and
+the detector's scores on that held-out normal data calibrate the sensor's threshold at the
+configured false-alarm rate. The held-out scores of all sensors, pooled, calibrate
+``thresholds.pooled``, which serves sensors the model later meets without their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from streamwatch.cli import EXIT_OK, UsageError, add_config_args, config_from_args, setup_logging
+from streamwatch.config import Config
+from streamwatch.dataset import Series
+
+if TYPE_CHECKING:
+    from streamwatch.detectors.base import Detector
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FRACTION = 0.25
+"""The last fraction of each sensor's normal series held out to calibrate its threshold."""
+
+
+class TrainError(ValueError):
+    """The data cannot train a model (too little of it, or nothing to calibrate on)."""
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``train`` subcommand."""
+    p = sub.add_parser(
+        "train",
+        help="fit a detector on a CSV of normal readings and save a model bundle",
+        description="Fit the configured detector on timestamp,sensor,value[,label] CSV data "
+        "(label == 0 rows only, if labelled), calibrate thresholds on held-out data, "
+        "and save the bundle to --model-dir.",
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="IN.csv", help="readings CSV")
+    add_config_args(p, daemon=False)
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from streamwatch import dataset
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level)
+    if cfg.model_dir is None:
+        raise UsageError("train needs --model-dir (or model_dir in the config)")
+    try:
+        data = dataset.read_csv(args.data)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        det = train(cfg, data, cfg.model_dir, source=str(args.data))
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+    t = det.thresholds
+    print(
+        f"trained {det.name} on {det.trained_on['readings']} readings from "
+        f"{len(det.trained_on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
+        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
+    )
+    return EXIT_OK
+
+
+def train(
+    cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
+) -> Detector:
+    """Fit, calibrate and save; returns the trained detector."""
+    from streamwatch.detectors import base
+    from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
+
+    det = base.create(cfg.detector, cfg.windows.length)
+    far = cfg.threshold.false_alarm_rate
+    min_cal = det.window - 1 + MIN_SCORES
+    min_fit = max(2 * det.window + 2, 10)
+    fit_part: dict[str, np.ndarray] = {}
+    cal_part: dict[str, np.ndarray] = {}
+    stamps: list[np.ndarray] = []
+    dropped = 0
+    for sensor, (ts, values, labels) in data.items():
+        if labels is not None:
+            normal = labels == 0
+            dropped += int((~normal).sum())
+            ts, values = ts[normal], values[normal]
+        n_cal = max(round(values.size * CALIBRATION_FRACTION), min_cal)
+        if values.size - n_cal < min_fit:
+            log.warning(
+                "sensor %s: %d normal readings are too few to train and calibrate on; skipped",
+                sensor,
+                values.size,
+            )
+            continue
+        fit_part[sensor] = values[:-n_cal]
+        cal_part[sensor] = values[-n_cal:]
+        stamps.append(ts)
+    if not fit_part:
+        raise TrainError("no sensor has enough normal readings to train on")
+
+    started = time.monotonic()
+    log.info("fitting %s on %d sensors", det.name, len(fit_part))
+    try:
+        det.fit(fit_part)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    log.info("fitted in %.1fs; calibrating thresholds at %g", time.monotonic() - started, far)
+
+    det.thresholds.false_alarm_rate = far
+    det.thresholds.per_sensor = {}
+    pooled: list[np.ndarray] = []
+    for sensor, values in cal_part.items():
+        x = det.windows_of(values)
+        scores = det.score([sensor] * len(x), x)
+        pooled.append(scores)
+        try:
+            det.thresholds.per_sensor[sensor] = calibrate(scores, far)
+        except CalibrationError as exc:
+            log.warning("sensor %s: no threshold of its own: %s", sensor, exc)
+    try:
+        det.thresholds.pooled = calibrate(np.concatenate(pooled), far)
+    except CalibrationError as exc:
+        raise TrainError(f"cannot calibrate the pooled threshold: {exc}") from None
+
+    all_ts = np.concatenate(stamps)
+    det.trained_on = {
+        "sensors": sorted(fit_part),
+        "readings": int(sum(v.size for v in (*fit_part.values(), *cal_part.values()))),
+        "calibration_readings": int(sum(v.size for v in cal_part.values())),
+        "anomalous_rows_dropped": dropped,
+        "first_ts": float(all_ts.min()),
+        "last_ts": float(all_ts.max()),
+        "source": source,
+    }
+    det.save(model_dir)
+    return det
