@@ -101,8 +101,8 @@ def read_csv(path: Path) -> dict[str, Series]:
         raise DatasetError(f"{path}: no readings after the header")
     out: dict[str, Series] = {}
     for sensor, (ts_list, v_list, l_list) in rows.items():
-        ts = np.asarray(ts_list, dtype=np.float64)
-        order = np.argsort(ts, kind="stable")
+        stamps = np.asarray(ts_list, dtype=np.float64)
+        order = np.argsort(stamps, kind="stable")
         labels = np.asarray(l_list, dtype=np.int64)[order] if i_label is not None else None
-        out[sensor] = (ts[order], np.asarray(v_list, dtype=np.float64)[order], labels)
+        out[sensor] = (stamps[order], np.asarray(v_list, dtype=np.float64)[order], labels)
     return out
