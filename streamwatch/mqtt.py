@@ -34,6 +34,17 @@ from streamwatch.parse import Reading, parse
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)
 
+
+class _QuietShutdown(logging.Filter):
+    """paho logs an ERROR when its loop thread turns once more after a clean disconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("paho")
+_paho_log.addFilter(_QuietShutdown())
+
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -76,7 +87,7 @@ class MQTTLink:
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        self.client.enable_logger(logging.getLogger("paho"))
+        self.client.enable_logger(_paho_log)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
         self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)

@@ -10,7 +10,9 @@ and scale σ are fitted by the method of moments, and
 
 where ``p0`` is the fraction of scores above ``t0``. ξ is clamped to [0, 0.45]: a fitted
 light (bounded) tail is treated as exponential, so the extrapolation errs toward fewer false
-alarms, never more. For a Gaussian detector the score is χ²₁/2 plus a constant, whose tail
+alarms, never more. For the same reason σ is taken at its one-sigma upper confidence bound,
+σ·(1 + 1/√k) for k tail points: a short warm-up gives a more cautious threshold, and the
+margin fades as data grow. For a Gaussian detector the score is χ²₁/2 plus a constant, whose tail
 is close to exponential, so the fit is well founded there.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 
 MIN_SCORES = 20
 _EMPIRICAL_MIN_TAIL = 10  # use the plain quantile when at least this many scores lie beyond it
+_MIN_TAIL_POINTS = 20
 _TAIL_FRACTION = 0.05
 
 
@@ -42,8 +45,7 @@ def calibrate(scores: np.ndarray, false_alarm_rate: float) -> float:
     if n * false_alarm_rate >= _EMPIRICAL_MIN_TAIL:
         return float(np.quantile(s, 1.0 - false_alarm_rate, method="higher"))
     s.sort()
-    k = max(_EMPIRICAL_MIN_TAIL, int(n * _TAIL_FRACTION))
-    k = min(k, n - 1)
+    k = min(max(_MIN_TAIL_POINTS, int(n * _TAIL_FRACTION)), n // 4)
     t0 = s[n - k - 1]
     excess = s[n - k :] - t0
     p0 = k / n
@@ -54,7 +56,7 @@ def calibrate(scores: np.ndarray, false_alarm_rate: float) -> float:
     var = float(excess.var(ddof=1)) if k > 1 else 0.0
     xi = 0.5 * (1.0 - mean * mean / var) if var > 0 else 0.0
     xi = min(max(xi, 0.0), 0.45)
-    sigma = mean * (1.0 - xi)
+    sigma = mean * (1.0 - xi) * (1.0 + 1.0 / math.sqrt(k))
     if xi < 1e-6:
         return float(t0 + sigma * math.log(p0 / false_alarm_rate))
     return float(t0 + sigma / xi * ((false_alarm_rate / p0) ** (-xi) - 1.0))

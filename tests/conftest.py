@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -104,11 +105,19 @@ def _have_mosquitto() -> bool:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+def mosquitto_dir() -> Iterator[Path]:
+    """A folder Mosquitto's own user can write (pytest's tmp_path parents are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="sw-mosquitto-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def mosquitto(mosquitto_dir: Path) -> Iterator[Mosquitto]:
     """A fresh Mosquitto for one test."""
     if not _have_mosquitto():
         pytest.fail("mosquitto binary not found: .ci/run installs it (apt-get install mosquitto)")
-    broker = Mosquitto(tmp_path / "mosquitto")
+    broker = Mosquitto(mosquitto_dir)
     broker.start()
     yield broker
     broker.stop()

@@ -78,8 +78,10 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
         # Exactly one raise for one excursion: no storm.
         assert len(alerts.json_on("streamwatch/alerts/pump1")) == 2
 
-        state = alerts.json_on("streamwatch/state/pump1")
-        assert state[-1]["state"] == "cleared"
+        assert alerts.wait_for(
+            lambda c: [d["state"] for d in c.json_on("streamwatch/state/pump1")]
+            == ["raised", "cleared"]
+        )
         assert any(t == "streamwatch/status" and p == b"online" for t, p, _ in alerts.messages)
 
         def counted() -> bool:

@@ -1,0 +1,67 @@
+"""The alert state machine: k-of-n raise, m-normal clear, one raise per episode."""
+
+from __future__ import annotations
+
+import json
+
+from streamwatch.alerts import CLEARED, RAISED, AlertEvent, AlertState
+
+
+def run(st: AlertState, verdicts: str) -> list[str | None]:
+    out = []
+    for v in verdicts:
+        change = st.update(v == "1")
+        out.append(change[0] if change else None)
+    return out
+
+
+def test_raise_after_k_of_n() -> None:
+    st = AlertState(k=2, n=3, m=2)
+    assert run(st, "1001") == [None, None, None, None]  # 1 of last 3, twice
+    assert run(st, "1") == [RAISED]  # 1,0,1... now bits 101 within 3 -> 2 of 3
+
+
+def test_clear_after_m_consecutive_normals_with_stable_id() -> None:
+    st = AlertState(k=1, n=1, m=3)
+    first = st.update(True)
+    assert first is not None and first[0] == RAISED
+    assert run(st, "001") == [None, None, None]  # the 1 resets the normal run
+    assert run(st, "00") == [None, None]
+    assert st.update(False) == (CLEARED, first[1])
+    assert not st.raised
+
+
+def test_long_anomaly_raises_once() -> None:
+    st = AlertState(k=3, n=5, m=10)
+    events = [e for e in run(st, "1" * 1000 + "0" * 10 + "1" * 3) if e]
+    assert events == [RAISED, CLEARED, RAISED]
+
+
+def test_flapping_inside_an_episode_does_not_storm() -> None:
+    st = AlertState(k=1, n=1, m=5)
+    events = [e for e in run(st, "10" * 500 + "0" * 5) if e]
+    assert events == [RAISED, CLEARED]
+
+
+def test_new_episode_gets_new_id() -> None:
+    st = AlertState(k=1, n=1, m=1)
+    a = st.update(True)
+    st.update(False)
+    b = st.update(True)
+    assert a and b and a[1] != b[1]
+
+
+def test_restore_resumes_without_a_second_raise() -> None:
+    st = AlertState(k=1, n=1, m=2)
+    st.restore("abc")
+    assert st.update(True) is None
+    assert run(st, "00") == [None, CLEARED]
+
+
+def test_payload_fields() -> None:
+    ev = AlertEvent("s1", RAISED, 10.0, 5.0, 3.0, "gaussian", 9.0, 10.0, "id1")
+    doc = json.loads(ev.payload())
+    assert doc == {
+        "sensor": "s1", "state": "raised", "ts": 10.0, "score": 5.0, "threshold": 3.0,
+        "detector": "gaussian", "window_start": 9.0, "window_end": 10.0, "alert_id": "id1",
+    }
