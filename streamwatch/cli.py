@@ -29,6 +29,7 @@ EXIT_USAGE = 2
 _COMMAND_MODULES = (
     "streamwatch.commands",
     "simulators.cli",
+    "streamwatch.evaluate",
     "streamwatch.train",
 )
 
