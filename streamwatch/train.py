@@ -77,6 +77,15 @@ def train(
     cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
 ) -> Detector:
     """Fit, calibrate and save; returns the trained detector."""
+    det = fit_calibrated(cfg, data, source)
+    det.save(model_dir)
+    return det
+
+
+def fit_calibrated(
+    cfg: Config, data: Mapping[str, Series], source: str | None = None
+) -> Detector:
+    """Fit the configured detector and calibrate its thresholds on held-out normal data."""
     from streamwatch.detectors import base
     from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
 
@@ -141,5 +150,4 @@ def train(
         "last_ts": float(all_ts.max()),
         "source": source,
     }
-    det.save(model_dir)
     return det
