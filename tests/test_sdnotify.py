@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -114,3 +115,65 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("0", "-5", "soon"):
         monkeypatch.setenv("WATCHDOG_USEC", bad)
         assert sdnotify.watchdog_interval() is None
+
+
+@pytest.mark.integration
+def test_daemon_speaks_the_notify_protocol(tmp_path: Path) -> None:
+    """``streamwatch run`` as systemd runs it: READY=1 once subscribed, WATCHDOG=1, STOPPING=1."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import Mosquitto, free_port
+
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.fail("mosquitto binary not found: .ci/run installs it (apt-get install mosquitto)")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    with tempfile.TemporaryDirectory(prefix="sdn") as d:
+        path = os.path.join(d, "notify")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(60.0)
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": path,
+            "WATCHDOG_USEC": "2000000",  # 2 s: the daemon pings every second or more often
+        }
+        log = (tmp_path / "daemon.log").open("w")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamwatch",
+                "run",
+                "--broker",
+                broker.url,
+                "--metrics-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            seen: list[str] = []
+
+            def until(state: str) -> None:
+                while state not in seen:
+                    seen.extend(sock.recvfrom(4096)[0].decode().splitlines())
+
+            until("READY=1")
+            until("WATCHDOG=1")
+            seen.clear()
+            until("WATCHDOG=1")  # heartbeats keep coming
+            proc.send_signal(signal.SIGTERM)
+            until("STOPPING=1")
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            sock.close()
+            log.close()
+            broker.stop()
