@@ -253,36 +253,41 @@ def vae() -> Fitted:
     return fitted_detector("lstm-vae")
 
 
-def test_lstm_vae_scores_do_not_depend_on_batching(vae: Fitted) -> None:
-    det = vae.det
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_lstm_vae_scores_do_not_depend_on_batching(vae: Fitted, jit: bool) -> None:
+    det: Any = vae.det
     x = det.windows_of(sine(150, seed=11))
     sensors = ["s1", "s2"] * (len(x) // 2) + ["s1"] * (len(x) % 2)
-    reference = det.score(sensors, x)
-    for size in (1, 7, 64):
-        parts = [det.score(sensors[i : i + size], x[i : i + size]) for i in range(0, len(x), size)]
-        np.testing.assert_allclose(np.concatenate(parts), reference, rtol=1e-5, atol=1e-5)
-    old = det.max_batch
+    old = det.jit_compile, det.max_batch
+    det.jit_compile = jit
     try:
+        reference = det.score(sensors, x)
+        for size in (1, 7, 64):
+            parts = [
+                det.score(sensors[i : i + size], x[i : i + size]) for i in range(0, len(x), size)
+            ]
+            np.testing.assert_allclose(np.concatenate(parts), reference, rtol=1e-5, atol=1e-5)
         det.max_batch = 16  # chunks of 16, the last padded to a smaller bucket
         np.testing.assert_allclose(det.score(sensors, x), reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(det.explain(sensors, x).sum(axis=1), reference, rtol=1e-5)
     finally:
-        det.max_batch = old
-    np.testing.assert_allclose(det.explain(sensors, x).sum(axis=1), reference, rtol=1e-5)
+        det.jit_compile, det.max_batch = old
     # One trace serves every batch size and bucket.
-    fn = det._nets["shared"].scorer(False)  # type: ignore[attr-defined]
-    assert fn.experimental_get_tracing_count() == 1
+    assert det._nets["shared"].scorer(jit).experimental_get_tracing_count() == 1
 
 
 def test_lstm_vae_xla_agrees_with_graph_mode(vae: Fitted) -> None:
-    det = vae.det
+    det: Any = vae.det
     x = det.windows_of(sine(84, seed=12))
     sensors = ["s1"] * len(x)
-    reference = det.score(sensors, x)
-    det.jit_compile = True  # type: ignore[attr-defined]
+    old = det.jit_compile
     try:
+        det.jit_compile = False
+        reference = det.score(sensors, x)
+        det.jit_compile = True
         xla = det.score(sensors, x)
     finally:
-        det.jit_compile = False  # type: ignore[attr-defined]
+        det.jit_compile = old
     np.testing.assert_allclose(xla, reference, rtol=1e-4, atol=1e-3)
 
 

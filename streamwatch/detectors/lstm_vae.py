@@ -32,8 +32,12 @@ the KL, so its rows sum to the score.
 Hot path. :meth:`LSTMVAEDetector.score` standardises in numpy, cuts the batch into chunks of
 at most ``max_batch`` rows and pads each to a bucket size (a power of two, from 8), and runs
 each chunk through one ``tf.function`` with a fixed input signature: a handful of traces in
-all, never one per call, and no eager model calls. XLA (``jit_compile=True``) is optional per
-detector (:attr:`LSTMVAEDetector.jit_compile`); plain graph mode is the reference.
+all, never one per call, and no eager model calls. With :attr:`LSTMVAEDetector.jit_compile`
+(the default) buckets up to :data:`XLA_MAX_BUCKET` rows run through an XLA-compiled twin of
+that function (``jit_compile=True``), larger ones through plain graph mode, which is also the
+reference the tests hold XLA to. On our model XLA is about 20% faster at 64 windows, even at
+256 to 1024, and about 20% slower at 4096 (docs/performance-models.md).
+:meth:`LSTMVAEDetector.warm_up` traces and compiles every bucket ahead of the first windows.
 """
 
 from __future__ import annotations
@@ -60,9 +64,11 @@ _SCALE_EPS = 1e-3
 """Smallest decoder σ in standardised units, so a perfectly predictable step has finite NLL."""
 _LOGVAR_CLIP = 10.0
 _MIN_BUCKET = 8
-JIT_COMPILE_DEFAULT = False
-"""Whether scoring uses XLA by default; chosen by bench/bench_inference.py (see
-docs/performance-models.md)."""
+JIT_COMPILE_DEFAULT = True
+"""Whether scoring uses XLA (for buckets up to XLA_MAX_BUCKET) by default; chosen by
+bench/bench_inference.py, see docs/performance-models.md."""
+XLA_MAX_BUCKET = 1024
+"""Larger buckets run in plain graph mode, which is faster there."""
 
 _MODEL_KEY = re.compile(r"^(shared|m[0-9]{1,6})$")
 
@@ -369,6 +375,16 @@ class LSTMVAEDetector(Detector):
             b *= 2
         return min(b, max(self.max_batch, 1))
 
+    def warm_up(self) -> None:
+        """Trace (and XLA-compile) the scoring function for every bucket size, so the first
+        real windows do not pay for it. Off the hot path; a no-op before training."""
+        sizes = {self._buckets(1)}
+        while (b := self._buckets(max(sizes) + 1)) not in sizes:
+            sizes.add(b)
+        for net in self._nets.values():
+            for size in sorted(sizes):
+                self._run(net, np.zeros((size, self.window), np.float32))
+
     def _standardise(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         mean = np.fromiter((self._norm[s][0] for s in sensors), np.float64, len(sensors))
         std = np.fromiter((self._norm[s][1] for s in sensors), np.float64, len(sensors))
@@ -377,7 +393,6 @@ class LSTMVAEDetector(Detector):
 
     def _run(self, net: _Net, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks."""
-        fn = net.scorer(self.jit_compile)
         n = len(z)
         steps = np.empty((n, self.window), np.float64)
         kl = np.empty(n, np.float64)
@@ -387,7 +402,7 @@ class LSTMVAEDetector(Detector):
             size = self._buckets(len(part))
             if size != len(part):
                 part = np.concatenate([part, np.zeros((size - len(part), self.window), np.float32)])
-            s, k = fn(part)
+            s, k = net.scorer(self.jit_compile and size <= XLA_MAX_BUCKET)(part)
             m = min(chunk, n - start)
             steps[start : start + m] = s.numpy()[:m]
             kl[start : start + m] = k.numpy()[:m]
