@@ -336,7 +336,10 @@ def run_streamwatch(cfg: Any, ds: Dataset, model_dir: Path | None = None) -> Run
             log.info(
                 "training %s on the first %d readings of %d sensors", name, warmup, len(sensors)
             )
-            det.fit({s: ds.value[s][:warmup] for s in sensors})
+            from streamwatch.train import fit_calibrated
+
+            train = {s: (ds.ts[s][:warmup], ds.value[s][:warmup], None) for s in sensors}
+            det = fit_calibrated(c, train, source=f"{ds.name} training readings")
         transitions = replay(c, det, {s: (ds.ts[s], ds.value[s]) for s in sensors})
         for s in sensors:
             alerts[s] = np.asarray(
