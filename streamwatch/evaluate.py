@@ -550,6 +550,20 @@ def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) ->
     return "\n".join(lines) + "\n"
 
 
+def _time_unit(span_s: float) -> tuple[float, str]:
+    """Seconds per plotting unit, and its name, for a time span."""
+    if span_s <= 6 * 3600:
+        return 60.0, "minutes"
+    if span_s <= 10 * 86400:
+        return 3600.0, "hours"
+    return 86400.0, "days"
+
+
+def _wide_positive(x: np.ndarray) -> bool:
+    """Whether positive values span enough orders of magnitude to want a log axis."""
+    return x.size > 0 and float(x.min()) > 0 and float(x.max()) / float(x.min()) > 100
+
+
 def plot(ds: Dataset, run: Run, sensor: str, path_prefix: Path) -> list[Path]:
     """Two PNG figures for one sensor: signal/score/threshold/alerts/labels, and histogram."""
     import matplotlib
@@ -558,51 +572,37 @@ def plot(ds: Dataset, run: Run, sensor: str, path_prefix: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     t = ds.ts[sensor]
-    rel = (t - t[0]) / 60.0
+    unit, unit_name = _time_unit(float(t[-1] - t[0]))
+
+    def rel(x: np.ndarray | float) -> Any:
+        return (np.asarray(x) - t[0]) / unit
+
     v, y, s = ds.value[sensor], ds.label[sensor].astype(bool), run.score[sensor]
     thr = run.threshold.get(sensor)
-    alerts = (run.alerts.get(sensor, np.empty(0)) - t[0]) / 60.0
+    n_train = ds.n_train[sensor]
+    finite = s[np.isfinite(s)]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    ax1.plot(rel, v, lw=0.5, color="tab:blue", label="reading")
+    ax1.plot(rel(t), v, lw=0.5, color="tab:blue", label="reading")
     for e in ds.events:
-        if e.sensor == sensor:
-            for ax in (ax1, ax2):
-                ax.axvspan(
-                    (e.start - t[0]) / 60, (e.end - t[0]) / 60, color="tab:red", alpha=0.15, lw=0
-                )
-            ax1.text(
-                (e.start - t[0]) / 60,
-                float(np.nanmax(v)),
-                e.kind,
-                fontsize=7,
-                rotation=90,
-                va="top",
-            )
-    ax1.axvline(
-        (t[ds.n_train[sensor]] - t[0]) / 60 if ds.n_train[sensor] < t.size else 0,
-        color="grey",
-        ls=":",
-        label="end of training",
-    )
+        if e.sensor != sensor:
+            continue
+        for ax in (ax1, ax2):
+            ax.axvspan(rel(e.start), rel(e.end), color="tab:red", alpha=0.15, lw=0)
+        ax1.text(rel(e.start), float(np.nanmax(v)), e.kind, fontsize=7, rotation=90, va="top")
+    if n_train < t.size:
+        ax1.axvline(rel(t[n_train]), color="grey", ls=":", label="end of training")
     ax1.set_ylabel("value")
     ax1.legend(loc="upper right", fontsize=8)
-    ax2.plot(rel, s, lw=0.5, color="tab:green", label="score")
+    ax2.plot(rel(t), s, lw=0.5, color="tab:green", label="score")
     if thr is not None:
         ax2.axhline(thr, color="black", ls="--", lw=0.8, label=f"threshold {thr:.3g}")
-    ax2.plot(
-        alerts,
-        np.full(alerts.size, thr if thr is not None else np.nanmax(s)),
-        "v",
-        color="tab:red",
-        label="alert raised",
-    )
-    finite = s[np.isfinite(s)]
-    if finite.size:
-        lo, hi = np.quantile(finite, [0.001, 0.999])
-        top = max(hi, thr or hi) * 1.5 if hi > 0 else hi + 1
-        ax2.set_ylim(lo - 0.05 * abs(lo), top)
+    marks = run.alerts.get(sensor, np.empty(0))
+    level = thr if thr is not None else (float(finite.max()) if finite.size else 0.0)
+    ax2.plot(rel(marks), np.full(marks.size, level), "v", color="tab:red", label="alert raised")
+    if _wide_positive(finite):
+        ax2.set_yscale("log")
     ax2.set_ylabel("score")
-    ax2.set_xlabel("minutes (shaded: labelled anomalies)")
+    ax2.set_xlabel(f"{unit_name} (shaded: labelled anomalies)")
     ax2.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{ds.name} / {sensor} / {run.detector}")
     fig.tight_layout()
@@ -611,32 +611,30 @@ def plot(ds: Dataset, run: Run, sensor: str, path_prefix: Path) -> list[Path]:
     fig.savefig(p1, dpi=110)
     plt.close(fig)
 
-    use = np.isfinite(s) & (np.arange(t.size) >= ds.n_train[sensor])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    use = np.isfinite(s) & (np.arange(t.size) >= n_train)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     both = s[use]
     if both.size:
-        lo, hi = np.quantile(both, [0.0, 0.999])
-        bins = np.linspace(lo, max(hi, thr or hi), 80)
-        ax.hist(
-            np.clip(s[use & ~y], lo, bins[-1]),
-            bins=bins,
-            alpha=0.6,
-            density=True,
-            label=f"normal ({int((use & ~y).sum())})",
-        )
-        ax.hist(
-            np.clip(s[use & y], lo, bins[-1]),
-            bins=bins,
-            alpha=0.6,
-            density=True,
-            label=f"anomalous ({int((use & y).sum())})",
-        )
+        lo = float(both.min())
+        hi = max(float(np.quantile(both, 0.999)), thr if thr is not None else -np.inf)
+        log_x = _wide_positive(np.array([lo, hi]))
+        bins = np.geomspace(lo, hi, 80) if log_x else np.linspace(lo, hi, 80)
+        for mask, name in ((use & ~y, "normal"), (use & y, "anomalous")):
+            ax.hist(
+                np.clip(s[mask], lo, hi),
+                bins=bins.tolist(),
+                alpha=0.6,
+                density=True,
+                label=f"{name} ({int(mask.sum())} readings)",
+            )
+        if log_x:
+            ax.set_xscale("log")
     if thr is not None:
         ax.axvline(thr, color="black", ls="--", label=f"threshold {thr:.3g}")
     ax.set_yscale("log")
     ax.set_xlabel("score (clipped at the 99.9th percentile)")
     ax.set_ylabel("density")
-    ax.set_title(f"{ds.name} / {sensor} / {run.detector}: scores after training")
+    ax.set_title(f"{ds.name} / {sensor} / {run.detector}\nscores after training", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     p2 = path_prefix.with_name(f"{path_prefix.name}_{safe}_hist.png")
