@@ -14,9 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from streamwatch import httpd, sdnotify
@@ -45,13 +47,36 @@ def configure_tensorflow_threads(cfg: Config) -> None:
 
 
 def build_detector(cfg: Config) -> tuple[Detector, str]:
-    """Load ``cfg.model_dir`` if set (ModelError if unusable), else a fresh detector."""
+    """Load ``cfg.model_dir`` if set (ModelError if unusable), else an auto-trained model
+    kept in the state directory, else a fresh detector."""
     configure_tensorflow_threads(cfg)
     if cfg.model_dir is not None:
         return base.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
+    auto = auto_model_dir(cfg)
+    if auto is not None and (auto / base.MANIFEST).exists():
+        try:
+            det = base.load(auto, expect=cfg.detector)
+            if det.config == cfg.detector:
+                return det, str(auto)
+            log.info("auto-trained model in %s has other settings; training afresh", auto)
+        except base.ModelError as exc:
+            log.warning("ignoring the auto-trained model: %s", exc)
     det = base.create(cfg.detector, cfg.windows.length)
     det.thresholds.false_alarm_rate = cfg.threshold.false_alarm_rate
     return det, "online"
+
+
+def auto_model_dir(cfg: Config) -> Path | None:
+    """Where a model trained by the daemon itself is kept (under ``state_dir``)."""
+    return cfg.state_dir / "model" if cfg.state_dir else None
+
+
+def train_in_place(cfg: Config, data: dict[str, np.ndarray]) -> Detector:
+    """Fit and calibrate the configured detector on readings the engine collected."""
+    from streamwatch.train import fit_calibrated
+
+    series = {s: (np.arange(v.size, dtype=np.float64), v, None) for s, v in data.items()}
+    return fit_calibrated(cfg, series, source="auto-train")
 
 
 class Daemon:
@@ -72,7 +97,15 @@ class Daemon:
         )
         self.on_alert = on_alert
         self.handoff = Handoff(cfg.engine.queue_readings)
-        self.engine = Engine(cfg, detector, self.metrics, self._publish_event)
+        self.engine = Engine(
+            cfg,
+            detector,
+            self.metrics,
+            self._publish_event,
+            on_training_data=self._train_in_background,
+        )
+        self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
+        self.engine.raised = self._load_alert_state()
         self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
         self.metrics.gauges_fn = self._gauges
         self.http: WSGIServer | None = None
@@ -187,6 +220,61 @@ class Daemon:
             log.info("reloaded model from %s", self.cfg.model_dir)
             return True
 
+    # -- background training and alert state -----------------------------------------------
+
+    def _train_in_background(self, data: dict[str, np.ndarray]) -> None:
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                det = train_in_place(self.cfg, data)
+            except Exception:
+                log.exception("background training failed; the stand-in detector carries on")
+                return
+            auto = auto_model_dir(self.cfg)
+            if auto is not None:
+                try:
+                    det.save(auto)
+                except OSError as exc:
+                    log.warning("cannot keep the trained model in %s: %s", auto, exc)
+            self.engine.request_swap(det)
+            self.metrics.set_model(
+                det.name,
+                base.config_hash(det.config, det.window),
+                str(auto) if auto else "auto-train",
+            )
+            log.info(
+                "trained %s on %d sensors in %.0fs; swapping it in",
+                det.name,
+                len(data),
+                time.monotonic() - started,
+            )
+
+        threading.Thread(target=run, name="trainer", daemon=True).start()
+
+    def _load_alert_state(self) -> dict[str, str]:
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            doc = json.loads(self.state_file.read_text(encoding="utf-8"))
+            raised = {str(k): str(v) for k, v in doc["raised"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable alert state %s: %s", self.state_file, exc)
+            return {}
+        log.info("resuming %d raised alert(s) from %s", len(raised), self.state_file)
+        return raised
+
+    def _save_alert_state(self) -> None:
+        self.engine.raised_changed = False
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"raised": self.engine.raised}), encoding="utf-8")
+            tmp.replace(self.state_file)
+        except OSError as exc:
+            log.error("cannot save alert state to %s: %s", self.state_file, exc)
+
     # -- worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -202,6 +290,8 @@ class Daemon:
                         self.engine.process(items)
                     except Exception:
                         log.exception("error processing %d messages; carrying on", len(items))
+                    if self.engine.raised_changed:
+                        self._save_alert_state()
                 now = time.time()
                 self.heartbeat = now
                 if now >= next_watchdog:

@@ -11,6 +11,12 @@ One thread owns all of this state, so it needs no locks. Per drained batch it:
 A sensor the model does not know yet collects ``detector.warmup`` readings first; the detector
 then adapts to it (fits its Normal, or learns its normalisation) and its threshold is
 calibrated from those warm-up scores. Scoring never waits on this: other sensors go on.
+
+Auto-training: a window detector with no trained model (and ``auto_train`` on) is stood in for
+by a Gaussian detector, which scores as soon as warm-up ends. Meanwhile the engine collects
+each sensor's readings; once one sensor has ``auto_train_readings``, the collected series go
+to the ``on_training_data`` hook (the daemon trains in a background thread, replay inline),
+and the trained model is swapped in with :meth:`Engine.request_swap`.
 """
 
 from __future__ import annotations
@@ -105,15 +111,34 @@ class Engine:
         detector: Detector,
         metrics: Metrics,
         sink: Callable[[AlertEvent], None],
+        on_training_data: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.sink = sink
-        self.detector = detector
-        self.windows = self._new_windows(detector)
         self._pending: Detector | None = None
         self._pending_lock = threading.Lock()
         self.warming = 0
+        self.raised: dict[str, str] = {}
+        """Sensor -> alert id of every raised alert (persisted by the daemon)."""
+        self.raised_changed = False
+        self.on_training_data = on_training_data
+        self._collect: dict[str, list[float]] | None = None
+        if needs_stand_in(detector) and on_training_data is not None:
+            self._collect = {}
+            log.info(
+                "no trained %s model: a Gaussian stands in until one is trained on %d "
+                "readings per sensor",
+                detector.name,
+                self._train_after,
+            )
+            detector = stand_in(cfg)
+        self.detector = detector
+        self.windows = self._new_windows(detector)
+
+    @property
+    def _train_after(self) -> int:
+        return int(getattr(self.cfg.detector, "auto_train_readings", 0))
 
     def _new_windows(self, detector: Detector) -> Windows:
         w = self.cfg.windows
@@ -184,6 +209,8 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
+                if self._collect is not None:
+                    self._collect_reading(r.sensor, r.value)
                 if st.warm is not None:
                     self._warm_up(r.sensor, st, r.value)
                     continue
@@ -229,12 +256,15 @@ class Engine:
             if change is None:
                 continue
             state, alert_id = change
+            self.raised_changed = True
             if state == RAISED:
+                self.raised[sensors[i]] = alert_id
                 series.raised += 1
                 series.active = 1
                 if det.kind == "window":
                     raised_rows.append((len(events), i))
             else:
+                self.raised.pop(sensors[i], None)
                 series.cleared += 1
                 series.active = 0
             start, end = spans[i]
@@ -287,6 +317,10 @@ class Engine:
     def _new_state(self, sensor: str) -> SensorState:
         a = self.cfg.alerts
         st = SensorState(AlertState(a.raise_k, a.raise_n, a.clear_m), self.metrics.series(sensor))
+        alert_id = self.raised.get(sensor)
+        if alert_id is not None:
+            st.alert.restore(alert_id)  # raised before a restart or eviction: not raised twice
+            st.series.active = 1
         thr = self.detector.thresholds.get(sensor)
         if self.detector.knows(sensor) and thr is not None:
             st.threshold = thr
@@ -328,6 +362,25 @@ class Engine:
         self.warming -= 1
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
 
+    def _collect_reading(self, sensor: str, value: float) -> None:
+        assert self._collect is not None
+        buf = self._collect.get(sensor)
+        if buf is None:
+            buf = self._collect[sensor] = []
+        buf.append(value)
+        if len(buf) < self._train_after:
+            return
+        enough = self._train_after // 2
+        data = {s: np.asarray(v) for s, v in self._collect.items() if len(v) >= enough}
+        self._collect = None
+        log.info(
+            "collected training data: %d sensors, %d readings",
+            len(data),
+            sum(len(v) for v in data.values()),
+        )
+        assert self.on_training_data is not None
+        self.on_training_data(data)
+
     def _evicted(self) -> None:
         gone = self.windows.evicted_ids
         if not gone:
@@ -343,3 +396,18 @@ class Engine:
         """Drop sensors idle longer than ``windows.idle_evict_s``."""
         self.windows.evict_idle(now)
         self._evicted()
+
+
+def needs_stand_in(detector: Detector) -> bool:
+    """Whether a Gaussian must score until this detector has a trained model."""
+    return not detector.trained and bool(getattr(detector.config, "auto_train", False))
+
+
+def stand_in(cfg: Config) -> Detector:
+    """The Gaussian that scores while the configured model trains."""
+    from streamwatch.config import GaussianConfig
+    from streamwatch.detectors.gaussian import GaussianDetector
+
+    det = GaussianDetector(GaussianConfig(warmup=cfg.detector.warmup), 1)
+    det.thresholds.false_alarm_rate = cfg.threshold.false_alarm_rate
+    return det

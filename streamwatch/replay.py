@@ -57,7 +57,14 @@ def replay(
     """Run the readings through a fresh engine; return every alert transition in order."""
     events: list[AlertEvent] = []
     metrics = Metrics(registry or CollectorRegistry(), cfg.metrics.max_sensor_labels)
-    engine = Engine(cfg, detector, metrics, events.append)
+    engine: Engine
+
+    def train_inline(data: dict[str, np.ndarray]) -> None:
+        from streamwatch.daemon import train_in_place
+
+        engine.request_swap(train_in_place(cfg, data))
+
+    engine = Engine(cfg, detector, metrics, events.append, on_training_data=train_inline)
     for chunk in merged(series):
         engine.process([(chunk, chunk[-1].ts)], now=chunk[-1].ts)
     return events
