@@ -163,8 +163,9 @@ class Engine:
             # The window shape changed: keep alert state, restart the buffers.
             carried = {s: sw.state for s, sw in self.windows.sensors.items()}
             self.windows = self._new_windows(new)
-            for sensor, st in carried.items():
-                self.windows.get(sensor, time.time()).state = st
+            now = time.time()
+            for sensor, carried_state in carried.items():
+                self.windows.get(sensor, now).state = carried_state
         self.warming = 0
         for sensor, sw in self.windows.sensors.items():
             st: SensorState | None = sw.state
@@ -204,7 +205,7 @@ class Engine:
                     st = sw.state = self._new_state(r.sensor)
                 due = windows.add(sw, r.ts, r.value)
                 if due.__class__ is str:
-                    rejected[due] = rejected.get(due, 0) + 1  # type: ignore[index]
+                    rejected[due] = rejected.get(due, 0) + 1
                     continue
                 series = st.series
                 series.readings += 1

@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -90,7 +90,10 @@ class MQTTLink:
         self.client.enable_logger(_paho_log)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # paho annotates these as int but computes with floats; sub-second backoff is useful.
+        self.client.reconnect_delay_set(
+            cast(int, cfg.reconnect_min_s), cast(int, cfg.reconnect_max_s)
+        )
         self.client.will_set(cfg.status_topic, OFFLINE, qos=1, retain=True)
         password = cfg.password()
         if cfg.username is not None:
@@ -190,10 +193,11 @@ class MQTTLink:
             if self._connections > 1:
                 self.metrics.reconnects.inc()
             session = getattr(flags, "session_present", False)
-            opts: SubscribeOptions | int = self.cfg.qos
             if self.cfg.protocol == "5":
                 opts = SubscribeOptions(qos=self.cfg.qos)
-            client.subscribe([(t, opts) for t in self.cfg.topics])
+                client.subscribe([(t, opts) for t in self.cfg.topics])
+            else:
+                client.subscribe([(t, int(self.cfg.qos)) for t in self.cfg.topics])
             client.publish(self.cfg.status_topic, ONLINE, qos=1, retain=True)
             self.last_error = None
             self.connected.set()
@@ -254,7 +258,7 @@ class MQTTLink:
             return  # unacknowledged: the broker redelivers it to our next session
         try:
             now = time.time()
-            out = parse(msg.topic, msg.payload, now, self.payload)
+            out = parse(msg.topic, bytes(msg.payload), now, self.payload)
             for reason in out.rejects:
                 self.metrics.rejected.labels(reason).inc()
             if out.rejects:

@@ -140,7 +140,7 @@ class Collector:
 
         def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
             with self.cond:
-                self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
                 self.cond.notify_all()
 
         self.client.on_connect = on_connect

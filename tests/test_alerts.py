@@ -62,6 +62,13 @@ def test_payload_fields() -> None:
     ev = AlertEvent("s1", RAISED, 10.0, 5.0, 3.0, "gaussian", 9.0, 10.0, "id1")
     doc = json.loads(ev.payload())
     assert doc == {
-        "sensor": "s1", "state": "raised", "ts": 10.0, "score": 5.0, "threshold": 3.0,
-        "detector": "gaussian", "window_start": 9.0, "window_end": 10.0, "alert_id": "id1",
+        "sensor": "s1",
+        "state": "raised",
+        "ts": 10.0,
+        "score": 5.0,
+        "threshold": 3.0,
+        "detector": "gaussian",
+        "window_start": 9.0,
+        "window_end": 10.0,
+        "alert_id": "id1",
     }

@@ -13,8 +13,9 @@ from streamwatch.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamwatch", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streamwatch", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_check_config_names_every_bad_key(tmp_path: Path, capsys) -> None:

@@ -62,7 +62,7 @@ def test_overrides_revalidate_and_switch_detector_defaults() -> None:
     o = override(c, {"detector.type": "lstm-vae", "mqtt.topics": ["a/#", "b/+"]})
     assert o.detector.type == "lstm-vae" and o.detector.warmup == 500
     assert o.mqtt.topics == ["a/#", "b/+"]
-    with pytest.raises(ConfigError, match="mqtt.broker"):
+    with pytest.raises(ConfigError, match=r"mqtt\.broker"):
         override(c, {"mqtt.broker": "nope"})
 
 
@@ -77,7 +77,7 @@ def test_password_from_env_and_file_is_secret(tmp_path: Path, monkeypatch) -> No
     c2 = from_mapping({"mqtt": {"password_file": str(f)}})
     assert c2.mqtt.password().get_secret_value() == "s3cret"  # type: ignore[union-attr]
     monkeypatch.delenv("SW_PW")
-    with pytest.raises(ConfigError, match="mqtt.password_env"):
+    with pytest.raises(ConfigError, match=r"mqtt\.password_env"):
         c.mqtt.password()
 
 

@@ -76,7 +76,9 @@ def test_out_of_order_and_gap_are_counted() -> None:
     eng = Engine(c, base.create(c.detector, 20), Metrics(reg), lambda ev: None)
     rows = [Reading("a", t, 1.0) for t in (1.0, 2.0, 2.0, 1.5, 100.0)]
     eng.process([(rows, 0.0)], now=100.0)
-    assert reg.get_sample_value("streamwatch_rejected_total", {"reason": "duplicate_timestamp"}) == 1
+    assert (
+        reg.get_sample_value("streamwatch_rejected_total", {"reason": "duplicate_timestamp"}) == 1
+    )
     assert reg.get_sample_value("streamwatch_rejected_total", {"reason": "out_of_order"}) == 1
     assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "a"}) == 3
 
@@ -100,8 +102,11 @@ def test_eviction_is_counted_and_frees_labels() -> None:
     assert reg.get_sample_value("streamwatch_sensors_evicted_total") == 15
     assert reg.get_sample_value("streamwatch_sensors_tracked") is None  # daemon-provided gauge
     assert len(eng.windows) == 10
-    labelled = [s for s in (f"s{i}" for i in range(25))
-                if reg.get_sample_value("streamwatch_readings_total", {"sensor": s})]
+    labelled = [
+        s
+        for s in (f"s{i}" for i in range(25))
+        if reg.get_sample_value("streamwatch_readings_total", {"sensor": s})
+    ]
     assert labelled == [f"s{i}" for i in range(15, 25)]
     assert eng.warming == 10
 
@@ -117,8 +122,10 @@ def test_batched_scoring_matches_one_at_a_time() -> None:
 
 
 def test_merged_orders_across_sensors() -> None:
-    data = {"a": (np.array([1.0, 3.0]), np.array([1.0, 3.0])),
-            "b": (np.array([2.0, 3.0]), np.array([2.0, 4.0]))}
+    data = {
+        "a": (np.array([1.0, 3.0]), np.array([1.0, 3.0])),
+        "b": (np.array([2.0, 3.0]), np.array([2.0, 4.0])),
+    }
     rows = [r for chunk in merged(data) for r in chunk]
     assert [(r.sensor, r.ts) for r in rows] == [("a", 1.0), ("b", 2.0), ("a", 3.0), ("b", 3.0)]
 
@@ -129,7 +136,7 @@ def test_handoff_sheds_oldest_when_full() -> None:
         h.put([Reading("a", float(i * 4 + j), 0.0) for j in range(4)], 0.0)
     assert len(h) <= 10 and h.shed == 12
     items = h.drain(0)
-    assert [r.ts for rs, _ in items for r in rs][0] == 12.0  # the oldest went first
+    assert next(r.ts for rs, _ in items for r in rs) == 12.0  # the oldest went first
     assert len(h) == 0
 
 

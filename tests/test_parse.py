@@ -17,7 +17,9 @@ NOW = 1_763_900_000.0
 CFG = PayloadConfig()
 
 
-def p(payload: bytes | str, topic: str = "sensors/pump1", cfg: PayloadConfig = CFG) -> parse.Decoded:
+def p(
+    payload: bytes | str, topic: str = "sensors/pump1", cfg: PayloadConfig = CFG
+) -> parse.Decoded:
     raw = payload.encode() if isinstance(payload, str) else payload
     return parse.parse(topic, raw, NOW, cfg)
 
@@ -57,8 +59,15 @@ def test_topic_outside_prefix_keeps_whole_topic() -> None:
 
 
 def test_batch_keeps_good_items_and_counts_bad_ones() -> None:
-    batch = [{"value": 1, "ts": NOW - 3}, {"value": "x"}, {"value": None}, 5, [1],
-             {"value": 2, "ts": NOW - 1}, {"ts": NOW}]
+    batch = [
+        {"value": 1, "ts": NOW - 3},
+        {"value": "x"},
+        {"value": None},
+        5,
+        [1],
+        {"value": 2, "ts": NOW - 1},
+        {"ts": NOW},
+    ]
     out = p(json.dumps(batch))
     assert [r.value for r in out.readings] == [1.0, 5.0, 2.0]
     assert sorted(out.rejects) == sorted(["non_numeric"] * 4)
@@ -108,8 +117,9 @@ def test_unusable_topic(topic: str) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -133,8 +143,10 @@ def test_random_json_never_raises(doc: object) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.floats(allow_nan=True, allow_infinity=True),
-       ts=st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=40)))
+@given(
+    value=st.floats(allow_nan=True, allow_infinity=True),
+    ts=st.one_of(st.floats(allow_nan=True), st.integers(), st.text(max_size=40)),
+)
 def test_random_fields_never_raise(value: float, ts: object) -> None:
     out = parse.parse("sensors/x", json.dumps({"value": value, "ts": ts}).encode(), NOW, CFG)
     assert len(out.readings) + len(out.rejects) == 1

@@ -124,7 +124,7 @@ class Detector(ABC):
         """Write weight files into ``path``; return their names. None by default."""
         return []
 
-    def _load_weights(self, path: Path) -> None:
+    def _load_weights(self, path: Path) -> None:  # noqa: B027  (an optional hook)
         """Read the files written by :meth:`_save_weights`."""
 
     def save(self, path: Path) -> None:

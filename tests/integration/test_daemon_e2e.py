@@ -15,20 +15,27 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamwatch.config import from_mapping
+from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from tests.conftest import Collector, Mosquitto, Publisher, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 ALERT_FIELDS = {
-    "sensor", "state", "ts", "score", "threshold", "detector", "window_start", "window_end",
+    "sensor",
+    "state",
+    "ts",
+    "score",
+    "threshold",
+    "detector",
+    "window_start",
+    "window_end",
     "alert_id",
 }
 
 
-def _cfg(broker: Mosquitto, **extra: dict) -> object:
-    data = {
+def _cfg(broker: Mosquitto, **extra: dict) -> Config:
+    data: dict[str, dict] = {
         "mqtt": {"broker": broker.url, "client_id": f"sw-test-{broker.port}"},
         "detector": {"type": "gaussian", "warmup": 200},
         "alerts": {"raise_k": 2, "raise_n": 3, "clear_m": 5},
@@ -50,7 +57,7 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> None:
     registry = CollectorRegistry()
-    daemon = Daemon(_cfg(mosquitto), registry=registry)  # type: ignore[arg-type]
+    daemon = Daemon(_cfg(mosquitto), registry=registry)
     alerts = Collector(mosquitto.port, ["streamwatch/#"])
     daemon.start()
     try:
@@ -79,8 +86,9 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
         assert len(alerts.json_on("streamwatch/alerts/pump1")) == 2
 
         assert alerts.wait_for(
-            lambda c: [d["state"] for d in c.json_on("streamwatch/state/pump1")]
-            == ["raised", "cleared"]
+            lambda c: (
+                [d["state"] for d in c.json_on("streamwatch/state/pump1")] == ["raised", "cleared"]
+            )
         )
         assert any(t == "streamwatch/status" and p == b"online" for t, p, _ in alerts.messages)
 
@@ -104,8 +112,9 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
         pub.reading("pump1", 20.0, t0 + 300)
         pub.close()
         assert wait_until(
-            lambda: registry.get_sample_value("streamwatch_readings_total", {"sensor": "pump1"})
-            == 301
+            lambda: (
+                registry.get_sample_value("streamwatch_readings_total", {"sensor": "pump1"}) == 301
+            )
         )
     finally:
         daemon.stop()
@@ -115,7 +124,7 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
 def test_restart_loses_no_reading(mosquitto: Mosquitto) -> None:
     cfg = _cfg(mosquitto, detector={"warmup": 50})
     t0 = time.time() - 3000
-    first = Daemon(cfg, registry=CollectorRegistry())  # type: ignore[arg-type]
+    first = Daemon(cfg, registry=CollectorRegistry())
     first.start()
     assert first.wait_ready(10)
     pub = Publisher(mosquitto.port)
@@ -133,12 +142,11 @@ def test_restart_loses_no_reading(mosquitto: Mosquitto) -> None:
     pub.close()
 
     reg2 = CollectorRegistry()
-    second = Daemon(cfg, registry=reg2)  # type: ignore[arg-type]
+    second = Daemon(cfg, registry=reg2)
     second.start()
     try:
         assert wait_until(
-            lambda: reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"})
-            == 1000,
+            lambda: reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"}) == 1000,
             timeout=30,
         ), reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"})
         time.sleep(0.5)
@@ -152,9 +160,21 @@ def test_cli_run_stops_cleanly_on_sigterm(mosquitto: Mosquitto) -> None:
     status = Collector(mosquitto.port, ["streamwatch/status"])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamwatch", "run", "--broker", mosquitto.url,
-         "--metrics-port", str(port), "--topic", "plant/+/temp"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamwatch",
+            "run",
+            "--broker",
+            mosquitto.url,
+            "--metrics-port",
+            str(port),
+            "--topic",
+            "plant/+/temp",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert wait_until(lambda: _ready(port), timeout=30), "daemon never became ready"
@@ -180,10 +200,12 @@ def _ready(port: int) -> bool:
 
 def test_broker_not_running_is_reported_on_readyz() -> None:
     port = free_port()
-    cfg = from_mapping({
-        "mqtt": {"broker": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.2},
-        "metrics": {"host": "127.0.0.1", "port": 0},
-    })
+    cfg = from_mapping(
+        {
+            "mqtt": {"broker": f"mqtt://127.0.0.1:{port}", "reconnect_min_s": 0.2},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+        }
+    )
     daemon = Daemon(cfg, registry=CollectorRegistry())
     daemon.start()
     try:
@@ -199,7 +221,7 @@ def test_broker_not_running_is_reported_on_readyz() -> None:
 def test_alert_payload_is_json_with_sensor_topic(mosquitto: Mosquitto) -> None:
     """Batched payloads (a JSON array) are decoded and scored like single readings."""
     registry = CollectorRegistry()
-    daemon = Daemon(_cfg(mosquitto), registry=registry)  # type: ignore[arg-type]
+    daemon = Daemon(_cfg(mosquitto), registry=registry)
     daemon.start()
     try:
         assert daemon.wait_ready(10)
@@ -209,9 +231,10 @@ def test_alert_payload_is_json_with_sensor_topic(mosquitto: Mosquitto) -> None:
         pub.send("sensors/line/3/flow", json.dumps(batch))
         pub.close()
         assert wait_until(
-            lambda: registry.get_sample_value(
-                "streamwatch_readings_total", {"sensor": "line/3/flow"}
-            ) == 250
+            lambda: (
+                registry.get_sample_value("streamwatch_readings_total", {"sensor": "line/3/flow"})
+                == 250
+            )
         )
         assert registry.get_sample_value("streamwatch_windows_scored_total") == 50
     finally:
