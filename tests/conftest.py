@@ -126,7 +126,9 @@ def mosquitto(mosquitto_dir: Path) -> Iterator[Mosquitto]:
 class Collector:
     """A separate MQTT client that records every message on some topics."""
 
-    def __init__(self, port: int, topics: list[str], protocol: int = mqtt.MQTTv5) -> None:
+    def __init__(
+        self, port: int, topics: list[str], protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5
+    ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
