@@ -35,8 +35,9 @@ each chunk through one ``tf.function`` with a fixed input signature: a handful o
 all, never one per call, and no eager model calls. With :attr:`LSTMVAEDetector.jit_compile`
 (the default) buckets up to :data:`XLA_MAX_BUCKET` rows run through an XLA-compiled twin of
 that function (``jit_compile=True``), larger ones through plain graph mode, which is also the
-reference the tests hold XLA to. On our model XLA is about 20% faster at 64 windows, even at
-256 to 1024, and about 20% slower at 4096 (docs/performance-models.md).
+reference the tests hold XLA to. On our model (2 CPUs) XLA is about 20-25% faster up to 64
+windows, about even to slower from 256, and about 20% slower at 4096
+(docs/performance-models.md).
 :meth:`LSTMVAEDetector.warm_up` traces and compiles every bucket ahead of the first windows.
 """
 
@@ -67,7 +68,7 @@ _MIN_BUCKET = 8
 JIT_COMPILE_DEFAULT = True
 """Whether scoring uses XLA (for buckets up to XLA_MAX_BUCKET) by default; chosen by
 bench/bench_inference.py, see docs/performance-models.md."""
-XLA_MAX_BUCKET = 1024
+XLA_MAX_BUCKET = 128
 """Larger buckets run in plain graph mode, which is faster there."""
 
 _MODEL_KEY = re.compile(r"^(shared|m[0-9]{1,6})$")
