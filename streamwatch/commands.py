@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from streamwatch.cli import (
     config_from_args,
     setup_logging,
 )
-from streamwatch.config import ConfigError
+from streamwatch.config import ConfigError, override
 
 if TYPE_CHECKING:
     from streamwatch.alerts import AlertEvent
@@ -96,6 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     from streamwatch.daemon import Daemon
 
     cfg = config_from_args(args)
+    state_directory = os.environ.get("STATE_DIRECTORY")
+    if cfg.state_dir is None and state_directory:
+        # systemd's StateDirectory= (a colon-separated list): keep alert state and
+        # auto-trained models there unless the config names another place.
+        cfg = override(cfg, {"state_dir": state_directory.split(":")[0]})
     setup_logging(cfg.log_level)
     Daemon(cfg).run_forever()
     return EXIT_OK
@@ -138,7 +144,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     from simulators.generate import AnomalySpec, simulate
     from simulators.publish import publish
-    from streamwatch.config import override
     from streamwatch.daemon import Daemon
     from streamwatch.embedded_broker import EmbeddedBroker
 
