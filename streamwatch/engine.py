@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -190,13 +191,16 @@ class Engine:
         now = time.time() if now is None else now
         det = self.detector
         windows = self.windows
+        per_reading = det.kind == "reading"
         rejected: dict[str, int] = {}
         sensors: list[str] = []
-        rows: list[np.ndarray] = []
-        spans: list[tuple[float, float]] = []
+        rows: list[Any] = []  # windows, or single values for per-reading detectors
+        stamps: list[np.ndarray] = []  # each window's timestamps (window detectors)
+        ends: list[float] = []
         states: list[SensorState] = []
         arrivals: list[float] = []
         restarts = windows.restarts
+        collect = self._collect is not None
         for readings, arrived in items:
             for r in readings:
                 sw = windows.get(r.sensor, now)
@@ -210,17 +214,21 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
-                if self._collect is not None:
+                if collect:
                     self._collect_reading(r.sensor, r.value)
                 if st.warm is not None:
                     self._warm_up(r.sensor, st, r.value)
                     continue
                 if due:
                     sensors.append(r.sensor)
-                    rows.append(sw.window().copy())
-                    spans.append(sw.window_span())
                     states.append(st)
                     arrivals.append(arrived)
+                    ends.append(r.ts)
+                    if per_reading:
+                        rows.append(r.value)
+                    else:
+                        rows.append(sw.window().copy())
+                        stamps.append(sw.window_stamps().copy())
         for reason, n in rejected.items():
             self.metrics.rejected.labels(reason).inc(n)
         if windows.restarts != restarts:
@@ -228,14 +236,16 @@ class Engine:
         self._evicted()
         if not rows:
             return []
-        return self._score(det, sensors, np.stack(rows), spans, states, np.asarray(arrivals))
+        x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+        return self._score(det, sensors, x, stamps, ends, states, np.asarray(arrivals))
 
     def _score(
         self,
         det: Detector,
         sensors: list[str],
         x: np.ndarray,
-        spans: list[tuple[float, float]],
+        stamps: list[np.ndarray],
+        ends: list[float],
         states: list[SensorState],
         arrivals: np.ndarray,
     ) -> list[AlertEvent]:
@@ -268,7 +278,8 @@ class Engine:
                 self.raised.pop(sensors[i], None)
                 series.cleared += 1
                 series.active = 0
-            start, end = spans[i]
+            end = ends[i]
+            start = float(stamps[i][0]) if stamps else end
             events.append(
                 AlertEvent(
                     sensors[i],
@@ -283,7 +294,7 @@ class Engine:
                 )
             )
         if raised_rows:
-            self._explain(det, sensors, x, spans, events, raised_rows)
+            self._explain(det, sensors, x, stamps, events, raised_rows)
         self.metrics.windows_scored.inc(len(sensors))
         done = time.time()
         self.metrics.latency.observe(done - arrivals)
@@ -297,19 +308,16 @@ class Engine:
         det: Detector,
         sensors: list[str],
         x: np.ndarray,
-        spans: list[tuple[float, float]],
+        stamps: list[np.ndarray],
         events: list[AlertEvent],
         which: list[tuple[int, int]],
     ) -> None:
         rows = [r for _, r in which]
         contrib = det.explain([sensors[r] for r in rows], x[rows])
         for (j, r), c in zip(which, contrib, strict=True):
-            start, end = spans[r]
-            n = x.shape[1]
-            step_s = (end - start) / (n - 1) if n > 1 else 0.0
             top = np.argsort(c)[::-1][:TOP_STEPS]
             events[j].top_steps = [
-                {"index": int(k), "ts": start + step_s * int(k), "contribution": float(c[k])}
+                {"index": int(k), "ts": float(stamps[r][k]), "contribution": float(c[k])}
                 for k in top
             ]
 

@@ -72,9 +72,9 @@ class SensorWindow:
         """The latest full window, oldest first (a view; copy it to keep it)."""
         return self.values[self.pos : self.pos + self.length]
 
-    def window_span(self) -> tuple[float, float]:
-        """(first, last) timestamp of the latest window."""
-        return float(self.stamps[self.pos]), float(self.stamps[self.pos + self.length - 1])
+    def window_stamps(self) -> np.ndarray:
+        """Timestamps of the latest window (a view, like :meth:`window`)."""
+        return self.stamps[self.pos : self.pos + self.length]
 
 
 class Windows:

@@ -18,7 +18,7 @@ def test_first_window_after_length_readings_then_every_stride() -> None:
     due = [w.add(sw, float(t), float(t)) for t in range(1, 11)]
     assert due == [False, False, False, True, False, True, False, True, False, True]
     np.testing.assert_array_equal(sw.window(), [7.0, 8.0, 9.0, 10.0])
-    assert sw.window_span() == (7.0, 10.0)
+    np.testing.assert_array_equal(sw.window_stamps(), [7.0, 8.0, 9.0, 10.0])
 
 
 def test_window_is_oldest_first_across_wraparound() -> None:
