@@ -27,6 +27,7 @@ period, and the NAB score (:mod:`streamwatch.nab`) is reported for its three pro
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -774,6 +775,8 @@ def _run(args: argparse.Namespace) -> int:
     bad = [b for b in names if b not in ALL_BASELINES]
     if bad:
         raise UsageError(f"unknown baselines {bad}; choose from {', '.join(ALL_BASELINES)}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'streamwatch[eval]'")
     window = cfg.windows.length
     n_train = max(cfg.detector.warmup, window + 20)
     datasets: list[Dataset] = []
