@@ -76,8 +76,9 @@ class MQTTLink:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.last_error: str | None = "not connected yet"
-        self.accepting = True
-        """Cleared at shutdown: later messages are left unacknowledged for redelivery."""
+        self._gate = threading.Lock()
+        """Held by ``_on_message`` from its ``accepting`` check through its hand-off."""
+        self._accepting = True
         self._connections = 0
         v5 = cfg.protocol == "5"
         self.client = mqtt.Client(
@@ -107,6 +108,19 @@ class MQTTLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+
+    @property
+    def accepting(self) -> bool:
+        """Cleared at shutdown: later messages are left unacknowledged for redelivery."""
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        # Taken under the lock that _on_message holds while it hands off: once this returns,
+        # no message is halfway into the queue, so the worker's final drain sees every reading
+        # that was (or will be) acknowledged.
+        with self._gate:
+            self._accepting = value
 
     def _setup_tls(self) -> None:
         t = self.cfg.tls
@@ -254,34 +268,34 @@ class MQTTLink:
             log.exception("error in on_subscribe")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if not self.accepting:
-            return  # unacknowledged: the broker redelivers it to our next session
-        try:
-            now = time.time()
-            out = parse(msg.topic, bytes(msg.payload), now, self.payload)
-            for reason in out.rejects:
-                self.metrics.rejected.labels(reason).inc()
-            if out.rejects:
-                _limited.log(
-                    logging.WARNING,
-                    "rejected",
-                    "rejected %d item(s) on %r: %s",
-                    len(out.rejects),
-                    msg.topic,
-                    ", ".join(sorted(set(out.rejects))),
-                )
-            if out.readings:
-                shed = self.hand_off(out.readings, now)
-                if shed:
-                    self.metrics.shed.inc(shed)  # type: ignore[arg-type]
+        with self._gate:
+            if not self._accepting:
+                return  # unacknowledged: the broker redelivers it to our next session
+            try:
+                now = time.time()
+                out = parse(msg.topic, bytes(msg.payload), now, self.payload)
+                for reason in out.rejects:
+                    self.metrics.rejected.labels(reason).inc()
+                if out.rejects:
                     _limited.log(
-                        logging.WARNING, "shed", "overloaded: shed %s oldest readings", shed
+                        logging.WARNING,
+                        "rejected",
+                        "rejected %d item(s) on %r: %s",
+                        len(out.rejects),
+                        msg.topic,
+                        ", ".join(sorted(set(out.rejects))),
                     )
-        except Exception:
-            log.exception("error handling message on %r", msg.topic)
-        finally:
-            if msg.qos > 0:
-                try:
-                    client.ack(msg.mid, msg.qos)
-                except Exception:
-                    log.exception("error acknowledging message")
+                if out.readings:
+                    shed = self.hand_off(out.readings, now)
+                    if shed:
+                        self.metrics.shed.inc(shed)  # type: ignore[arg-type]
+                        _limited.log(
+                            logging.WARNING, "shed", "overloaded: shed %s oldest readings", shed
+                        )
+            except Exception:
+                log.exception("error handling message on %r", msg.topic)
+        if msg.qos > 0:
+            try:
+                client.ack(msg.mid, msg.qos)
+            except Exception:
+                log.exception("error acknowledging message")
