@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -80,3 +83,60 @@ def test_simulated_stream_alerts_match_labels_and_offline_replay(mosquitto: Mosq
     sc = event_scores(sim.events, onsets, ts, label, start=start, tolerance_s=20.0)
     assert sc.recall is not None and sc.recall >= 0.9, sc
     assert sc.precision is not None and sc.precision >= 0.9, sc
+
+
+def test_simulate_cli_publishes_batches_and_labels(mosquitto: Mosquitto) -> None:
+    got = Collector(mosquitto.port, ["sensors/#", "sim-labels/#"])
+    try:
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamwatch",
+            "simulate",
+            "--sensors",
+            "2",
+            "--duration",
+            "120",
+            "--warmup",
+            "30",
+            "--anomaly-rate",
+            "60",
+            "--batch",
+            "5",
+            "--broker",
+            mosquitto.url,
+            "--label-topic",
+            "sim-labels",
+            "--protocol",
+            "3.1.1",
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
+        assert "published" in res.stdout
+        n = int(res.stdout.split()[0])
+
+        def total(prefix: str) -> int:
+            return sum(len(p) for p in got.json_on(prefix))
+
+        assert got.wait_for(lambda c: total("sensors/") == n and total("sim-labels/") == n)
+        first = got.json_on("sensors/s000")[0]
+        assert isinstance(first, list) and len(first) == 5 and set(first[0]) == {"value", "ts"}
+        labels = [x["label"] for batch in got.json_on("sim-labels/") for x in batch]
+        assert set(labels) <= {0, 1} and 1 in labels
+    finally:
+        got.close()
+
+
+def test_publish_single_objects_and_stop_event(mosquitto: Mosquitto) -> None:
+    sim = simulate(1, 200.0, 1.0, seed=2, start_ts=time.time() - 300, anomalies=None)
+    got = Collector(mosquitto.port, ["sensors/#"])
+    try:
+        assert publish(sim, mosquitto.host, mosquitto.port, rate=1e6) == 200
+        assert got.wait_for(lambda c: len(c.json_on("sensors/s000")) == 200)
+        assert got.json_on("sensors/s000")[0] == {"value": sim.value[0], "ts": sim.ts[0]}
+        paced = publish(sim, mosquitto.host, mosquitto.port, realtime=True, speed=2000.0)
+        assert paced == 200
+        stop = threading.Event()
+        stop.set()
+        assert publish(sim, mosquitto.host, mosquitto.port, stop_event=stop) == 0
+    finally:
+        got.close()
