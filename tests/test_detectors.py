@@ -261,15 +261,18 @@ def test_lstm_vae_scores_do_not_depend_on_batching(vae: Fitted, jit: bool) -> No
     old = det.jit_compile, det.max_batch
     det.jit_compile = jit
     try:
+        # 131 rows: a 256 bucket, in graph mode; the smaller parts below use XLA when on.
         reference = det.score(sensors, x)
         for size in (1, 7, 64):
             parts = [
                 det.score(sensors[i : i + size], x[i : i + size]) for i in range(0, len(x), size)
             ]
-            np.testing.assert_allclose(np.concatenate(parts), reference, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(np.concatenate(parts), reference, rtol=1e-5, atol=1e-4)
         det.max_batch = 16  # chunks of 16, the last padded to a smaller bucket
-        np.testing.assert_allclose(det.score(sensors, x), reference, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(det.explain(sensors, x).sum(axis=1), reference, rtol=1e-5)
+        np.testing.assert_allclose(det.score(sensors, x), reference, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            det.explain(sensors, x).sum(axis=1), reference, rtol=1e-5, atol=1e-4
+        )
     finally:
         det.jit_compile, det.max_batch = old
     # One trace serves every batch size and bucket.
