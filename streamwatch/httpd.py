@@ -19,6 +19,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from streamwatch.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], str | None]
@@ -70,10 +72,23 @@ def serve(
     keyfile: Path | None = None,
 ) -> WSGIServer:
     """Serve ``app`` on a daemon thread; ``port`` 0 takes a free port (see server_port)."""
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    ctx = None
     if certfile and keyfile:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(certfile), str(keyfile))
+        try:
+            ctx.load_cert_chain(str(certfile), str(keyfile))
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            why = exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else exc
+            raise ConfigError(
+                [f"metrics.tls_cert_file/tls_key_file: cannot load {certfile}: {why}"]
+            ) from None
+    try:
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    except OSError as exc:
+        raise ConfigError(
+            [f"metrics.host/port: cannot listen on {host}:{port}: {exc.strerror or exc}"]
+        ) from None
+    if ctx is not None:
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http%s://%s:%d/metrics", "s" if certfile else "", host, server.server_port)

@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from streamwatch.config import MQTTConfig, PayloadConfig
+from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig
 from streamwatch.logutil import RateLimited
 from streamwatch.metrics import Metrics
 from streamwatch.parse import Reading, parse
@@ -124,10 +124,18 @@ class MQTTLink:
 
     def _setup_tls(self) -> None:
         t = self.cfg.tls
-        ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+        try:
+            ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            raise ConfigError([f"mqtt.tls.ca_file: cannot load {t.ca_file}: {_why(exc)}"]) from None
         ctx.check_hostname = t.check_hostname
         if t.cert_file and t.key_file:
-            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+            try:
+                ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+            except OSError as exc:
+                raise ConfigError(
+                    [f"mqtt.tls.cert_file/key_file: cannot load {t.cert_file}: {_why(exc)}"]
+                ) from None
         self.client.tls_set_context(ctx)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -299,3 +307,8 @@ class MQTTLink:
                 client.ack(msg.mid, msg.qos)
             except Exception:
                 log.exception("error acknowledging message")
+
+
+def _why(exc: OSError) -> str:
+    """An OS or TLS error as one short line (``strerror`` where there is one)."""
+    return exc.strerror if exc.strerror and not isinstance(exc, ssl.SSLError) else str(exc)
