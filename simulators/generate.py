@@ -167,29 +167,27 @@ def write_events(events: Sequence[Event], path: Path | str) -> None:
 
 
 def read_csv(path: Path | str, events_path: Path | str | None = None) -> Simulated:
-    """Read a labelled CSV written by :meth:`Simulated.to_csv` (and optionally its events).
+    """Read labelled readings (``timestamp,sensor,value[,label]``) and optionally events.
 
-    The ``label`` column may be absent (all zeros then).
+    Parsing is :func:`streamwatch.dataset.read_csv`'s (ISO or epoch timestamps, errors
+    that name the line); a missing ``label`` column reads as all zeros.
     """
-    ts: list[float] = []
-    sensor: list[str] = []
-    value: list[float] = []
-    label: list[int] = []
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            ts.append(float(row["timestamp"]))
-            sensor.append(row["sensor"])
-            value.append(float(row["value"]))
-            label.append(int(row.get("label") or 0))
+    from streamwatch.dataset import read_csv as read_readings
+
+    data = read_readings(Path(path))
+    names = sorted(data)
+    ts = np.concatenate([data[s][0] for s in names])
+    value = np.concatenate([data[s][1] for s in names])
+    label = np.concatenate(
+        [
+            np.zeros(data[s][0].size, dtype=np.int64) if data[s][2] is None else data[s][2] != 0
+            for s in names
+        ]
+    ).astype(np.int64)
+    sensor = np.concatenate([np.full(data[s][0].size, s) for s in names])
+    order = np.argsort(ts, kind="stable")
     events = read_events(events_path) if events_path is not None else []
-    order = np.argsort(np.asarray(ts), kind="stable")
-    return Simulated(
-        ts=np.asarray(ts, dtype=np.float64)[order],
-        sensor=np.asarray(sensor, dtype=str)[order],
-        value=np.asarray(value, dtype=np.float64)[order],
-        label=np.asarray(label, dtype=np.int64)[order],
-        events=events,
-    )
+    return Simulated(ts[order], sensor[order], value[order], label[order], events)
 
 
 def read_events(path: Path | str) -> list[Event]:

@@ -283,6 +283,14 @@ def from_simulated(sim: Simulated, name: str, n_train: int, tolerance_s: float) 
     for s in sim.sensors:
         ts[s], value[s], label[s] = sim.series(s)
     events = list(sim.events) or events_from_labels(ts, label)
+    early = [e for e in events if e.start < ts[e.sensor][min(n_train, ts[e.sensor].size - 1)]]
+    if early:
+        log.warning(
+            "%d events start within the first %d readings of their sensor, which every "
+            "detector trains on: the figures will be pessimistic",
+            len(early),
+            n_train,
+        )
     return Dataset(name, ts, value, label, events, {s: n_train for s in ts}, tolerance_s)
 
 
@@ -783,7 +791,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.csv:
         if not args.csv.is_file():
             raise UsageError(f"{args.csv}: no such file")
-        sim = read_csv(args.csv, args.events)
+        try:
+            sim = read_csv(args.csv, args.events)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"cannot read the data: {exc}") from None
         datasets.append(
             from_simulated(sim, args.csv.stem, n_train, _tolerance(args.tolerance, sim, window))
         )

@@ -226,6 +226,21 @@ def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
     doc = json.loads((out / "report.json").read_text())
     assert {"streamwatch:gaussian", "zscore"} <= set(doc["results"][0]["detectors"])
     assert "# streamwatch evaluation" in (out / "report.md").read_text()
+    sim = simulate(1, 1200.0, 1.0, 3, anomalies=AnomalySpec(rate_per_hour=12.0), warmup_s=600.0)
+    sim.to_csv(tmp_path / "r.csv")
+    sim.events_to_csv(tmp_path / "e.csv")
+    sw = [sys.executable, "-m", "streamwatch", "evaluate", "--baselines", "none", "--out", str(out)]
+    subprocess.run(
+        [*sw, "--csv", str(tmp_path / "r.csv"), "--events", str(tmp_path / "e.csv")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    res = json.loads((out / "report.json").read_text())["results"][0]
+    assert res["dataset"] == "r" and res["events"] == len(sim.events) > 0
+    (tmp_path / "bad.csv").write_text("timestamp,sensor,value\n1,a,oops\n")
+    bad = subprocess.run([*sw, "--csv", str(tmp_path / "bad.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "bad value" in bad.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "streamwatch", "evaluate"], capture_output=True, text=True
     )
