@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,6 +81,8 @@ class MQTTLink:
         """Held by ``_on_message`` from its ``accepting`` check through its hand-off."""
         self._accepting = True
         self._connections = 0
+        self._connack = False
+        """Whether the broker answered this connection attempt with a CONNACK."""
         v5 = cfg.protocol == "5"
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -198,6 +201,7 @@ class MQTTLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         try:
+            self._connack = True
             if rc.is_failure:
                 reason = str(rc)
                 self.last_error = f"broker refused the connection: {reason}"
@@ -236,7 +240,11 @@ class MQTTLink:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            self.last_error = f"cannot connect to {self.cfg.host}:{self.cfg.port}"
+            # paho calls this from inside its ``except OSError``: the exception says why (refused,
+            # unreachable, or a TLS failure such as an untrusted CA or a hostname mismatch).
+            exc = sys.exc_info()[1]
+            why = f": {exc}" if exc is not None else ""
+            self.last_error = f"cannot connect to {self.cfg.host}:{self.cfg.port}{why}"
             _limited.log(
                 logging.ERROR,
                 "connect_fail",
@@ -260,6 +268,14 @@ class MQTTLink:
                 _limited.log(
                     logging.WARNING, "disconnect", "disconnected from broker (%s); reconnecting", rc
                 )
+            elif not was and self.accepting and not self._connack:
+                # Closed before CONNACK, e.g. a TLS 1.3 broker refusing our client certificate
+                # after the handshake: paho logged the TLS error; say where to look.
+                self.last_error = (
+                    f"{self.cfg.host}:{self.cfg.port} closed the connection before accepting it "
+                    f"({rc}); client certificate refused? see the paho error in the log"
+                )
+            self._connack = False
         except Exception:
             log.exception("error in on_disconnect")
 
