@@ -10,6 +10,7 @@ import base64
 import hmac
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,8 +29,19 @@ Check = Callable[[], str | None]
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 30.0
+    """Per-connection socket timeout: a client that stalls (or never finishes its TLS
+    handshake) holds only its own thread, and only this long."""
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _Server(ThreadingWSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A failed TLS handshake or a dropped client: that connection's problem, not a traceback
+        # on stderr (a port scan would otherwise print one per probe).
+        log.debug("metrics connection from %s failed: %s", client_address, sys.exc_info()[1])
 
 
 def make_app(
@@ -83,13 +95,17 @@ def serve(
                 [f"metrics.tls_cert_file/tls_key_file: cannot load {certfile}: {why}"]
             ) from None
     try:
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        server = make_server(host, port, app, _Server, handler_class=_Quiet)
     except OSError as exc:
         raise ConfigError(
             [f"metrics.host/port: cannot listen on {host}:{port}: {exc.strerror or exc}"]
         ) from None
     if ctx is not None:
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        # The handshake runs on the connection's first read, in its own request thread: done in
+        # accept() it would let one idle TCP connection block the endpoint for everyone.
+        server.socket = ctx.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http%s://%s:%d/metrics", "s" if certfile else "", host, server.server_port)
     return server
