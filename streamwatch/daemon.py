@@ -213,6 +213,7 @@ class Daemon:
                 return False
             finally:
                 sdnotify.ready()
+            det.warm_up()
             self.engine.request_swap(det)
             self.metrics.set_model(
                 det.name, base.config_hash(det.config, det.window), str(self.cfg.model_dir)
@@ -282,6 +283,7 @@ class Daemon:
         watchdog_every = (sdnotify.watchdog_interval() or 20.0) / 2
         next_watchdog = 0.0
         try:
+            self.engine.detector.warm_up()
             while True:
                 stopping = self._stop.is_set()
                 items = self.handoff.drain(0 if stopping else 0.2)
@@ -303,6 +305,7 @@ class Daemon:
                 if stopping and not len(self.handoff):
                     break
         finally:
+            self.engine.close()
             self._stopped.set()
 
     def _publish_event(self, ev: AlertEvent) -> None:

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ class SensorState:
     threshold: float | None = None
     warm: list[float] | None = field(default_factory=list)
     """Warm-up readings; None once the sensor is scored."""
+    fitting: bool = False
+    """A background fit of this sensor is under way."""
 
 
 Item = tuple[Sequence[Reading], float]
@@ -113,6 +116,7 @@ class Engine:
         metrics: Metrics,
         sink: Callable[[AlertEvent], None],
         on_training_data: Callable[[dict[str, np.ndarray]], None] | None = None,
+        background_fits: bool = False,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
@@ -124,6 +128,11 @@ class Engine:
         """Sensor -> alert id of every raised alert (persisted by the daemon)."""
         self.raised_changed = False
         self.on_training_data = on_training_data
+        self.background_fits = background_fits
+        """Fit slow per-sensor models off the worker thread (the daemon); replay fits inline
+        so that it stays deterministic."""
+        self._pool: ThreadPoolExecutor | None = None
+        self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
         self._collect: dict[str, list[float]] | None = None
         if needs_stand_in(detector) and on_training_data is not None:
             self._collect = {}
@@ -134,6 +143,7 @@ class Engine:
                 self._train_after,
             )
             detector = stand_in(cfg)
+        detector.max_batch = cfg.engine.max_batch
         self.detector = detector
         self.windows = self._new_windows(detector)
 
@@ -159,6 +169,7 @@ class Engine:
         if new is None:
             return
         old = self.detector
+        new.max_batch = self.cfg.engine.max_batch
         self.detector = new
         if new.window != old.window or new.kind != old.kind:
             # The window shape changed: keep alert state, restart the buffers.
@@ -179,6 +190,7 @@ class Engine:
                 st.series.threshold = st.threshold
             else:
                 st.warm = []
+                st.fitting = False
                 st.series.warming = 1
                 self.warming += 1
         log.info("swapped in %s model (%d sensors warming)", new.name, self.warming)
@@ -188,6 +200,7 @@ class Engine:
     def process(self, items: Iterable[Item], now: float | None = None) -> list[AlertEvent]:
         """Run a drained batch of messages through the pipeline; return the transitions."""
         self._apply_swap()
+        self._install_fits()
         now = time.time() if now is None else now
         det = self.detector
         windows = self.windows
@@ -345,31 +358,84 @@ class Engine:
         assert warm is not None
         warm.append(value)
         det = self.detector
-        if len(warm) < det.config.warmup:
+        if len(warm) < det.config.warmup or st.fitting:
             return
         values = np.asarray(warm)
+        if det.slow_adapt and not det.knows(sensor) and self.background_fits:
+            # A slow fit (seconds) must not hold up every other sensor: fit a scratch copy
+            # on the fitter thread; _install_fits() adopts the result between batches.
+            st.fitting = True
+            future = self._fitter().submit(det.adapted_state, sensor, values)
+            self._fits.append((det, sensor, values, future))
+            return
         try:
             if not det.knows(sensor):
                 det.adapt(sensor, values)
-            thr = det.thresholds.per_sensor.get(sensor)
-            if thr is None:
-                x = det.windows_of(values)
-                scores = det.score([sensor] * len(x), x)
-                thr = calibrate(scores, self.cfg.threshold.false_alarm_rate)
-                det.thresholds.per_sensor[sensor] = thr
         except NotTrained:
             del warm[: len(warm) - det.config.warmup + 1]  # keep the newest, bounded
             return
-        except (CalibrationError, ValueError) as exc:
-            log.warning("sensor %s: warm-up failed, collecting more data: %s", sensor, exc)
-            del warm[: len(warm) // 2]
+        except ValueError as exc:
+            self._fit_failed(sensor, st, exc)
             return
+        self._calibrated(sensor, st, values)
+
+    def _calibrated(self, sensor: str, st: SensorState, values: np.ndarray) -> None:
+        """Set a sensor's threshold from its warm-up scores (unless the model has one)."""
+        det = self.detector
+        thr = det.thresholds.per_sensor.get(sensor)
+        if thr is None:
+            x = det.windows_of(values)
+            try:
+                thr = calibrate(
+                    det.score([sensor] * len(x), x), self.cfg.threshold.false_alarm_rate
+                )
+            except CalibrationError as exc:
+                self._fit_failed(sensor, st, exc)
+                return
+            det.thresholds.per_sensor[sensor] = thr
         st.threshold = thr
         st.warm = None
         st.series.warming = 0
         st.series.threshold = thr
         self.warming -= 1
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
+
+    def _fit_failed(self, sensor: str, st: SensorState, exc: Exception) -> None:
+        log.warning("sensor %s: warm-up failed, collecting more data: %s", sensor, exc)
+        if st.warm is not None:
+            del st.warm[: len(st.warm) // 2]
+
+    def _fitter(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitter")
+        return self._pool
+
+    def _install_fits(self) -> None:
+        """Adopt the background fits that have finished (worker thread only)."""
+        if not self._fits or not any(f.done() for *_, f in self._fits):
+            return
+        waiting = []
+        for det, sensor, values, future in self._fits:
+            if not future.done():
+                waiting.append((det, sensor, values, future))
+                continue
+            sw = self.windows.sensors.get(sensor)
+            st: SensorState | None = sw.state if sw is not None else None
+            if st is None or det is not self.detector:
+                continue  # evicted, or the model was swapped meanwhile: it warms up afresh
+            st.fitting = False
+            try:
+                det.install_state(future.result())
+            except (ValueError, NotTrained) as exc:
+                self._fit_failed(sensor, st, exc)
+                continue
+            self._calibrated(sensor, st, values)
+        self._fits = waiting
+
+    def close(self) -> None:
+        """Stop the background fitter (pending fits are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _collect_reading(self, sensor: str, value: float) -> None:
         assert self._collect is not None

@@ -8,15 +8,17 @@ and scale σ are fitted by the method of moments, and
 
     threshold = t0 + σ/ξ · ((α/p0)^(-ξ) - 1)        (→ t0 + σ·ln(p0/α) as ξ → 0)
 
-where ``p0`` is the fraction of scores above ``t0``. Scores that are negative log-densities
-almost always have exponential tails (ξ = 0): the log of even a power-law density tail is
-exponential. So ξ is kept only as far as the data insist on it: the moment estimate less one
-standard error (≈ 1/√k), clamped to [0, 0.45]. A raw moment estimate from a few dozen tail
-points swings widely and, measured on Normal and Student-t scores, put half the thresholds
-many times further out than the target rate asked for, costing sensitivity for nothing. For the same reason σ is taken at its one-sigma upper confidence bound,
-σ·(1 + 1/√k) for k tail points: a short warm-up gives a more cautious threshold, and the
-margin fades as data grow. For a Gaussian detector the score is χ²₁/2 plus a constant, whose tail
-is close to exponential, so the fit is well founded there.
+where ``p0`` is the fraction of scores above ``t0``.
+
+Scores that are negative log-densities almost always have exponential tails (ξ = 0): the log
+of even a power-law density tail is exponential. So ξ is kept only as far as the data insist
+on it: the moment estimate less one standard error (≈ 1/√k for k tail points), clamped to
+[0, 0.45]. Measured on Normal and Student-t scores, the raw moment estimate from a few dozen
+tail points put half the thresholds many times further out than the target rate asked for,
+costing sensitivity for nothing.
+
+σ is taken at its one-sigma upper confidence bound, σ·(1 + 1/√k): a short warm-up gives a
+more cautious threshold, and the margin fades as data grow.
 """
 
 from __future__ import annotations

@@ -148,3 +148,23 @@ def test_engine_never_sees_non_finite(bad: float) -> None:
     det = base.create(c.detector, 20)
     det.fit({"a": np.arange(100.0)})
     assert np.isfinite(det.score(["a"], np.array([[5.0]]))).all()
+
+
+def test_slow_fits_run_in_the_background_and_are_adopted_between_batches() -> None:
+    c = from_mapping({"detector": {"type": "gmm", "warmup": 300, "steps": 50}})
+    reg = CollectorRegistry()
+    eng = Engine(
+        c, base.create(c.detector, 20), Metrics(reg), lambda ev: None, background_fits=True
+    )
+    rng = np.random.default_rng(2)
+    vals = np.where(rng.random(400) < 0.5, 0.0, 10.0) + rng.normal(0, 0.3, 400)
+    rows = [Reading("two-state", 1.0 + i, float(v)) for i, v in enumerate(vals[:300])]
+    eng.process([(rows, 0.0)], now=400.0)
+    assert eng.detector.knows("two-state") is False  # fitting on the fitter thread
+    assert eng._fits and eng._fits[0][3].result(timeout=120)
+    more = [Reading("two-state", 301.0 + i, float(v)) for i, v in enumerate(vals[300:])]
+    eng.process([(more, 0.0)], now=500.0)  # adopts the fit, then scores these readings
+    assert eng.detector.knows("two-state")
+    assert reg.get_sample_value("streamwatch_sensor_warming", {"sensor": "two-state"}) == 0
+    assert reg.get_sample_value("streamwatch_windows_scored_total") == 100
+    eng.close()

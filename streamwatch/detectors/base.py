@@ -62,10 +62,15 @@ class Detector(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[Literal["reading", "window"]]
+    slow_adapt: ClassVar[bool] = False
+    """Whether :meth:`adapt` takes long enough (seconds) that the daemon runs it off the
+    worker thread, through :meth:`adapted_state` and :meth:`install_state`."""
 
     def __init__(self, config: DetectorConfig, window: int) -> None:
         self.config = config
         self.window = 1 if self.kind == "reading" else window
+        self.max_batch = 4096
+        """The most rows one :meth:`score` call gets (the engine sets it from its config)."""
         self.thresholds = Thresholds(false_alarm_rate=1e-5)
         self.trained_on: dict[str, Any] = {}
 
@@ -82,6 +87,20 @@ class Detector(ABC):
         Shared weights are not retrained. Raises :class:`NotTrained` where the detector needs
         a trained model first.
         """
+
+    def adapted_state(self, sensor: str, values: np.ndarray) -> dict[str, Any]:
+        """:meth:`adapt` on a scratch detector: the sensor's state, with ``self`` untouched,
+        so it is safe on another thread while ``self`` scores."""
+        scratch = type(self)(self.config, self.window)
+        scratch.adapt(sensor, values)
+        return scratch._sensor_state()
+
+    def install_state(self, state: dict[str, Any]) -> None:
+        """Adopt per-sensor state from :meth:`adapted_state`."""
+        self._restore_sensor_state(state)
+
+    def warm_up(self) -> None:  # noqa: B027  (an optional hook)
+        """Prepare for fast scoring (e.g. compile); called off the hot path. Optional."""
 
     @abstractmethod
     def knows(self, sensor: str) -> bool:

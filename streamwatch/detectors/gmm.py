@@ -50,6 +50,7 @@ class GMMDetector(Detector):
 
     name = "gmm"
     kind = "reading"
+    slow_adapt = True
 
     def __init__(self, config: GMMConfig, window: int) -> None:
         super().__init__(config, window)

@@ -214,8 +214,6 @@ class LSTMVAEDetector(Detector):
     def __init__(self, config: LSTMVAEConfig, window: int) -> None:
         super().__init__(config, window)
         self.cfg = config
-        self.max_batch = 4096
-        """Most rows per model call (the engine sets it from ``engine.max_batch``)."""
         self.jit_compile = JIT_COMPILE_DEFAULT
         self._nets: dict[str, _Net] = {}
         self._norm: dict[str, tuple[float, float]] = {}
