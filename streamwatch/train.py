@@ -82,9 +82,7 @@ def train(
     return det
 
 
-def fit_calibrated(
-    cfg: Config, data: Mapping[str, Series], source: str | None = None
-) -> Detector:
+def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Detector:
     """Fit the configured detector and calibrate its thresholds on held-out normal data."""
     from streamwatch.detectors import base
     from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
