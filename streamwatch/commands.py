@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from streamwatch.cli import (
     config_from_args,
     setup_logging,
 )
-from streamwatch.config import ConfigError, override
+from streamwatch.config import Config, ConfigError, override
 
 if TYPE_CHECKING:
     from streamwatch.alerts import AlertEvent
@@ -44,6 +45,13 @@ def add_parser(sub: Any) -> None:
         help="stop after this many seconds (default: run until Ctrl-C)",
     )
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--train-after",
+        type=int,
+        default=600,
+        help="lstm-vae: readings per sensor before the background training starts "
+        "(default 600, a minute at 10/s; the daemon's own default is 2000)",
+    )
     add_config_args(p, daemon=False)
     p.add_argument("--metrics-port", type=int, default=0, help="metrics port (0 = free)")
     p.set_defaults(handler=_demo)
@@ -139,32 +147,64 @@ def _print_alert(ev: AlertEvent) -> None:
     )
 
 
+def _demo_plan(cfg: Config, rate: float) -> str:
+    warm = cfg.detector.warmup
+    plan = f"{cfg.detector.type}: each sensor warms up on {warm} readings (~{warm / rate:.0f} s)"
+    if cfg.detector.type == "lstm-vae" and cfg.model_dir is None:
+        n = getattr(cfg.detector, "auto_train_readings", 0)
+        plan = (
+            f"gaussian first ({warm} readings of warm-up, ~{warm / rate:.0f} s); the LSTM-VAE "
+            f"trains in the background after {n} readings (~{n / rate:.0f} s) and takes over"
+        )
+    return plan
+
+
+class _NoAlertLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("alert ")
+
+
+def _demo_narration() -> None:
+    """Let the demo say what the daemon is doing (warm-ups, training) without log noise."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+    handler.addFilter(_NoAlertLines())
+    for name in ("streamwatch.daemon", "streamwatch.engine"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
+
+
 def _demo(args: argparse.Namespace) -> int:
     import threading
 
     from simulators.generate import AnomalySpec, simulate
-    from simulators.publish import publish
+    from simulators.publish import PublishError, publish
     from streamwatch.daemon import Daemon
     from streamwatch.embedded_broker import EmbeddedBroker
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level if args.log_level else "WARNING")
+    if not args.log_level:
+        _demo_narration()
     broker = EmbeddedBroker(port=args.broker_port)
     broker.start()
-    cfg = override(
-        cfg,
-        {
-            "mqtt.broker": broker.url,
-            "mqtt.protocol": "3.1.1",
-            "mqtt.client_id": "streamwatch-demo",
-            "metrics.host": "127.0.0.1",
-            "metrics.port": args.metrics_port,
-        },
-    )
+    demo_settings: dict[str, Any] = {
+        "mqtt.broker": broker.url,
+        "mqtt.protocol": "3.1.1",
+        "mqtt.client_id": "streamwatch-demo",
+        "metrics.host": "127.0.0.1",
+        "metrics.port": args.metrics_port,
+    }
+    if cfg.detector.type == "lstm-vae":
+        demo_settings["detector.auto_train_readings"] = args.train_after
+    cfg = override(cfg, demo_settings)
     daemon = Daemon(cfg, on_alert=_print_alert)
     daemon.start()
     stop = threading.Event()
-    warm_s = cfg.detector.warmup / args.rate + 5.0
+    learn = max(cfg.detector.warmup, getattr(cfg.detector, "auto_train_readings", 0))
+    warm_s = learn / args.rate + 5.0  # no anomaly while the detector learns what normal is
 
     def feed() -> None:
         start, seed, chunk_s = time.time(), args.seed, 600.0
@@ -179,15 +219,19 @@ def _demo(args: argparse.Namespace) -> int:
                 anomalies=AnomalySpec(rate_per_hour=30.0),
                 warmup_s=warm_s if first else 30.0,
             )
-            publish(
-                sim,
-                broker.host,
-                broker.port,
-                protocol="3.1.1",
-                realtime=True,
-                stop_event=stop,
-                client_id="streamwatch-demo-sim",
-            )
+            try:
+                publish(
+                    sim,
+                    broker.host,
+                    broker.port,
+                    protocol="3.1.1",
+                    realtime=True,
+                    stop_event=stop,
+                    client_id="streamwatch-demo-sim",
+                )
+            except PublishError as exc:
+                print(f"demo: simulator stopped: {exc}", file=sys.stderr, flush=True)
+                return
             start, seed, first = start + chunk_s, seed + 1, False
 
     sim_thread = threading.Thread(target=feed, name="simulator", daemon=True)
@@ -199,8 +243,8 @@ def _demo(args: argparse.Namespace) -> int:
         f"streamwatch demo: {args.sensors} simulated sensors at {args.rate:g} readings/s\n"
         f"  broker   {broker.url}   (try: mosquitto_sub -p {broker.port} -t 'streamwatch/#' -v)\n"
         f"  metrics  http://127.0.0.1:{daemon.metrics_port}/metrics\n"
-        f"  detector {cfg.detector.type}; each sensor warms up on {cfg.detector.warmup} "
-        f"readings (~{warm_s:.0f} s), then alerts print here. Ctrl-C stops.",
+        f"  detector {_demo_plan(cfg, args.rate)}\n"
+        f"  anomalies are injected from {warm_s:.0f} s on; alerts print here. Ctrl-C stops.",
         flush=True,
     )
     try:

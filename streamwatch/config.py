@@ -239,7 +239,7 @@ class LSTMVAEConfig(_DetectorBase):
     validation_split: float = Field(0.2, gt=0, lt=0.9)
     latent_samples: int = Field(1, ge=1, le=64, description="Samples averaged per score.")
     shared: bool = Field(True, description="One model for all sensors (per-sensor scaling).")
-    auto_train: bool = Field(False, description="Train in the background once data suffices.")
+    auto_train: bool = Field(True, description="Train in the background once data suffices.")
     auto_train_readings: int = Field(
         2000, ge=100, description="Readings per sensor before auto-training starts."
     )
@@ -302,7 +302,7 @@ class Config(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     payload: PayloadConfig = PayloadConfig()
     windows: WindowConfig = WindowConfig()
-    detector: DetectorConfig = GaussianConfig()
+    detector: DetectorConfig = LSTMVAEConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     alerts: AlertConfig = AlertConfig()
     engine: EngineConfig = EngineConfig()
@@ -356,6 +356,7 @@ def load(path: Path | None) -> Config:
 def override(cfg: Config, updates: dict[str, Any]) -> Config:
     """Apply dotted-key overrides (from CLI flags) and re-validate the result."""
     data = cfg.model_dump(mode="python", exclude_unset=True)
+    data.setdefault("detector", {})["type"] = cfg.detector.type  # the union's tag
     for dotted, value in updates.items():
         node = data
         *parents, leaf = dotted.split(".")
