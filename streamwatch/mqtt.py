@@ -295,9 +295,14 @@ class MQTTLink:
         with self._gate:
             if not self._accepting:
                 return  # unacknowledged: the broker redelivers it to our next session
+            topic = "?"
             try:
                 now = time.time()
-                out = parse(msg.topic, bytes(msg.payload), now, self.payload)
+                try:
+                    topic = msg.topic
+                except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a lax broker may not
+                    topic = ""  # no sensor id: rejected as bad_topic
+                out = parse(topic, bytes(msg.payload), now, self.payload)
                 for reason in out.rejects:
                     self.metrics.rejected.labels(reason).inc()
                 if out.rejects:
@@ -306,7 +311,7 @@ class MQTTLink:
                         "rejected",
                         "rejected %d item(s) on %r: %s",
                         len(out.rejects),
-                        msg.topic,
+                        topic,
                         ", ".join(sorted(set(out.rejects))),
                     )
                 if out.readings:
@@ -317,7 +322,7 @@ class MQTTLink:
                             logging.WARNING, "shed", "overloaded: shed %s oldest readings", shed
                         )
             except Exception:
-                log.exception("error handling message on %r", msg.topic)
+                log.exception("error handling message on %r", topic)
         if msg.qos > 0:
             try:
                 client.ack(msg.mid, msg.qos)
