@@ -48,8 +48,13 @@ class GaussianDetector(Detector):
         v = v[np.isfinite(v)]
         if v.size < 2:
             raise ValueError(f"sensor {sensor!r}: need at least 2 values to fit, got {v.size}")
-        mu = float(v.mean())
-        sigma = max(float(v.std()), sigma_floor(mu))
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = float(v.mean())
+            sigma = max(float(v.std()), sigma_floor(mu))
+        if not (math.isfinite(mu) and math.isfinite(sigma)):
+            # Values near ±1.8e308 are finite but their moments overflow. Refuse rather than
+            # keep NaN parameters: the sensor would look known and never calibrate.
+            raise ValueError(f"sensor {sensor!r}: mean/std overflow; values too large")
         self._set(sensor, mu, sigma)
 
     def _set(self, sensor: str, mu: float, sigma: float) -> None:
