@@ -35,12 +35,14 @@ import numpy as np
 from streamwatch.alerts import RAISED, AlertEvent, AlertState
 from streamwatch.config import Config
 from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.logutil import RateLimited
 from streamwatch.metrics import Metrics, SensorSeries
 from streamwatch.parse import Reading
-from streamwatch.threshold import CalibrationError, calibrate
+from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
 from streamwatch.windows import Windows
 
 log = logging.getLogger(__name__)
+_limited = RateLimited(log)  # per-sensor warnings that hostile data could repeat endlessly
 
 TOP_STEPS = 3
 """How many of a window's steps an alert names as contributing most to its score."""
@@ -358,7 +360,9 @@ class Engine:
         assert warm is not None
         warm.append(value)
         det = self.detector
-        if len(warm) < det.config.warmup or st.fitting:
+        # Calibration needs MIN_SCORES scores, i.e. window - 1 + MIN_SCORES readings: a smaller
+        # warmup would fail, halve its data and fail again, never warming up.
+        if len(warm) < max(det.config.warmup, det.window - 1 + MIN_SCORES) or st.fitting:
             return
         values = np.asarray(warm)
         if det.slow_adapt and not det.knows(sensor) and self.background_fits:
@@ -401,7 +405,13 @@ class Engine:
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
 
     def _fit_failed(self, sensor: str, st: SensorState, exc: Exception) -> None:
-        log.warning("sensor %s: warm-up failed, collecting more data: %s", sensor, exc)
+        _limited.log(
+            logging.WARNING,
+            "warm_up_failed",
+            "sensor %s: warm-up failed, collecting more data: %s",
+            sensor,
+            exc,
+        )
         if st.warm is not None:
             del st.warm[: len(st.warm) // 2]
 
