@@ -217,6 +217,8 @@ def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
         "2400",
         "--baselines",
         "zscore",
+        "--detector",
+        "gaussian",
         "--out",
         str(out),
         "--log-level",
