@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,9 +49,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--train-after",
         type=int,
-        default=600,
+        default=1200,
         help="lstm-vae: readings per sensor before the background training starts "
-        "(default 600, a minute at 10/s; the daemon's own default is 2000)",
+        "(default 1200, two minutes at 10/s; the daemon's own default is 2000)",
     )
     add_config_args(p, daemon=False)
     p.add_argument("--metrics-port", type=int, default=0, help="metrics port (0 = free)")
@@ -147,6 +148,17 @@ def _print_alert(ev: AlertEvent) -> None:
     )
 
 
+def _announce(events: list[Any], stop: threading.Event) -> None:
+    """Print each injected anomaly as its start time passes, so alerts can be checked."""
+    for ev in sorted(events, key=lambda e: e.start):
+        if stop.wait(max(0.0, ev.start - time.time())):
+            return
+        when = time.strftime("%H:%M:%S", time.localtime(ev.start))
+        print(
+            f"{when}  injected {ev.kind} on {ev.sensor} for {ev.end - ev.start:.0f} s", flush=True
+        )
+
+
 def _demo_plan(cfg: Config, rate: float) -> str:
     warm = cfg.detector.warmup
     plan = f"{cfg.detector.type}: each sensor warms up on {warm} readings (~{warm / rate:.0f} s)"
@@ -177,8 +189,6 @@ def _demo_narration() -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import threading
-
     from simulators.generate import AnomalySpec, simulate
     from simulators.publish import PublishError, publish
     from streamwatch.daemon import Daemon
@@ -219,6 +229,10 @@ def _demo(args: argparse.Namespace) -> int:
                 anomalies=AnomalySpec(rate_per_hour=30.0),
                 warmup_s=warm_s if first else 30.0,
             )
+            announcer = threading.Thread(
+                target=_announce, args=(sim.events, stop), name="announcer", daemon=True
+            )
+            announcer.start()
             try:
                 publish(
                     sim,

@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIServer
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from streamwatch import httpd, sdnotify
+from streamwatch import httpd, sdnotify, tfquiet
 from streamwatch.alerts import RAISED, AlertEvent
 from streamwatch.config import Config
 from streamwatch.detectors import base
@@ -37,19 +37,21 @@ STALL_S = 30.0
 """The worker counts as stuck (``/readyz`` fails) when its loop has not turned for this long."""
 
 
-def configure_tensorflow_threads(cfg: Config) -> None:
-    """Pin TensorFlow's thread pools (before TF is imported) for a small edge machine."""
+def prepare_tensorflow(cfg: Config) -> None:
+    """Pin TensorFlow's thread pools for a small edge machine and import it quietly, if the
+    configured detector uses it (the Gaussian never does)."""
     if cfg.engine.tf_intra_threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(cfg.engine.tf_intra_threads))
     if cfg.engine.tf_inter_threads:
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(cfg.engine.tf_inter_threads))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if cfg.detector.type != "gaussian":
+        tfquiet.import_tensorflow()
 
 
 def build_detector(cfg: Config) -> tuple[Detector, str]:
     """Load ``cfg.model_dir`` if set (ModelError if unusable), else an auto-trained model
     kept in the state directory, else a fresh detector."""
-    configure_tensorflow_threads(cfg)
+    prepare_tensorflow(cfg)
     if cfg.model_dir is not None:
         return base.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
     auto = auto_model_dir(cfg)
@@ -213,7 +215,8 @@ class Daemon:
                 return False
             finally:
                 sdnotify.ready()
-            det.warm_up()
+            with tfquiet.filtered_native_stderr():
+                det.warm_up()
             self.engine.request_swap(det)
             self.metrics.set_model(
                 det.name, base.config_hash(det.config, det.window), str(self.cfg.model_dir)
@@ -237,6 +240,8 @@ class Daemon:
                     det.save(auto)
                 except OSError as exc:
                     log.warning("cannot keep the trained model in %s: %s", auto, exc)
+            with tfquiet.filtered_native_stderr():
+                det.warm_up()
             self.engine.request_swap(det)
             self.metrics.set_model(
                 det.name,
@@ -283,7 +288,8 @@ class Daemon:
         watchdog_every = (sdnotify.watchdog_interval() or 20.0) / 2
         next_watchdog = 0.0
         try:
-            self.engine.detector.warm_up()
+            with tfquiet.filtered_native_stderr():
+                self.engine.detector.warm_up()
             while True:
                 stopping = self._stop.is_set()
                 items = self.handoff.drain(0 if stopping else 0.2)
