@@ -26,8 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_METRICS_PORT = 9847
-"""Not in Prometheus's default-port allocation list, so it clashes with no common exporter."""
+DEFAULT_METRICS_PORT = 19847
+"""Outside 9100-10100, where Prometheus's default-port allocations put the exporters (9847,
+the first choice, turned out to be StayRTR's), and below the ephemeral range."""
 
 
 class ConfigError(Exception):

@@ -18,7 +18,7 @@ def errors(data: dict) -> list[str]:
 def test_defaults_are_valid_and_documented() -> None:
     c = Config()
     assert c.mqtt.broker == "mqtt://localhost:1883" and c.mqtt.topics == ["sensors/#"]
-    assert c.metrics.port == 9847
+    assert c.metrics.port == 19847
     assert load(None) == c
 
 
