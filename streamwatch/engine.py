@@ -129,6 +129,8 @@ class Engine:
         self.raised: dict[str, str] = {}
         """Sensor -> alert id of every raised alert (persisted by the daemon)."""
         self.raised_changed = False
+        self._learned: set[str] = set()
+        """Sensors whose detector state was learned here, online: freed when evicted."""
         self.on_training_data = on_training_data
         self.background_fits = background_fits
         """Fit slow per-sensor models off the worker thread (the daemon); replay fits inline
@@ -181,6 +183,7 @@ class Engine:
             for sensor, carried_state in carried.items():
                 self.windows.get(sensor, now).state = carried_state
         self.warming = 0
+        self._learned.clear()  # the new detector learns its own
         for sensor, sw in self.windows.sensors.items():
             st: SensorState | None = sw.state
             if st is None:
@@ -375,6 +378,7 @@ class Engine:
         try:
             if not det.knows(sensor):
                 det.adapt(sensor, values)
+                self._learned.add(sensor)
         except NotTrained:
             del warm[: len(warm) - det.config.warmup + 1]  # keep the newest, bounded
             return
@@ -439,6 +443,7 @@ class Engine:
             except (ValueError, NotTrained) as exc:
                 self._fit_failed(sensor, st, exc)
                 continue
+            self._learned.add(sensor)
             self._calibrated(sensor, st, values)
         self._fits = waiting
 
@@ -470,10 +475,18 @@ class Engine:
         gone = self.windows.evicted_ids
         if not gone:
             return
+        det = self.detector
         for sensor, sw in gone:
-            self.metrics.release(sensor)
             if sw.state is not None and sw.state.warm is not None:
                 self.warming -= 1
+            if sensor in self.windows.sensors:
+                continue  # evicted and back within one batch: its label and model state stay
+            self.metrics.release(sensor)
+            if sensor in self._learned:  # bounded memory under topic churn
+                self._learned.discard(sensor)
+                det.forget(sensor)
+            if self._collect is not None:
+                self._collect.pop(sensor, None)
         self.metrics.evicted.inc(len(gone))
         gone.clear()
 

@@ -99,6 +99,12 @@ class Detector(ABC):
         """Adopt per-sensor state from :meth:`adapted_state`."""
         self._restore_sensor_state(state)
 
+    def forget(self, sensor: str) -> None:
+        """Drop what was learned online for one sensor (the engine evicted it), so topic
+        churn cannot grow the detector without bound. Subclasses with per-sensor state extend
+        this; a sensor that comes back warms up again."""
+        self.thresholds.per_sensor.pop(sensor, None)
+
     def warm_up(self) -> None:  # noqa: B027  (an optional hook)
         """Prepare for fast scoring (e.g. compile); called off the hot path. Optional."""
 

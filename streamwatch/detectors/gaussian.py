@@ -34,6 +34,8 @@ class GaussianDetector(Detector):
     def __init__(self, config: Any, window: int) -> None:
         super().__init__(config, window)
         self._slot: dict[str, int] = {}
+        self._free: list[int] = []
+        """Slots of forgotten sensors, reused before the arrays grow."""
         self._mu = np.zeros(0)
         self._sigma = np.ones(0)
 
@@ -59,13 +61,22 @@ class GaussianDetector(Detector):
 
     def _set(self, sensor: str, mu: float, sigma: float) -> None:
         slot = self._slot.get(sensor)
-        if slot is None:
-            slot = self._slot[sensor] = len(self._slot)
+        if slot is None and not self._free:
+            self._slot[sensor] = self._mu.size
             self._mu = np.append(self._mu, mu)
             self._sigma = np.append(self._sigma, sigma)
-        else:
-            self._mu[slot] = mu
-            self._sigma[slot] = sigma
+            return
+        if slot is None:
+            slot = self._slot[sensor] = self._free.pop()
+        self._mu[slot] = mu
+        self._sigma[slot] = sigma
+
+    def forget(self, sensor: str) -> None:
+        """Free the sensor's Normal (its slot is reused by the next new sensor)."""
+        super().forget(sensor)
+        slot = self._slot.pop(sensor, None)
+        if slot is not None:
+            self._free.append(slot)
 
     def knows(self, sensor: str) -> bool:
         """Whether the sensor has a fitted Normal."""

@@ -56,6 +56,8 @@ class GMMDetector(Detector):
         super().__init__(config, window)
         self.cfg = config
         self._slot: dict[str, int] = {}
+        self._free: list[int] = []
+        """Rows of forgotten sensors, reused before the arrays grow."""
         k = config.max_components
         # Padded to max_components; a padded component has log-weight -inf, loc 0, scale 1.
         self._logw = np.zeros((0, k))
@@ -102,15 +104,24 @@ class GMMDetector(Detector):
         row_loc[:n] = loc
         row_scale[:n] = scale
         slot = self._slot.get(sensor)
-        if slot is None:
-            self._slot[sensor] = len(self._slot)
+        if slot is None and not self._free:
+            self._slot[sensor] = self._logw.shape[0]
             self._logw = np.vstack([self._logw, row_logw])
             self._loc = np.vstack([self._loc, row_loc])
             self._scale = np.vstack([self._scale, row_scale])
-        else:
-            self._logw[slot] = row_logw
-            self._loc[slot] = row_loc
-            self._scale[slot] = row_scale
+            return
+        if slot is None:
+            slot = self._slot[sensor] = self._free.pop()
+        self._logw[slot] = row_logw
+        self._loc[slot] = row_loc
+        self._scale[slot] = row_scale
+
+    def forget(self, sensor: str) -> None:
+        """Free the sensor's mixture (its row is reused by the next new sensor)."""
+        super().forget(sensor)
+        slot = self._slot.pop(sensor, None)
+        if slot is not None:
+            self._free.append(slot)
 
     # -- scoring -------------------------------------------------------------------------
 
