@@ -198,7 +198,10 @@ class AlertConfig(_Strict):
 
     raise_k: int = Field(1, ge=1, description="Raise after k anomalous verdicts ...")
     raise_n: int = Field(1, ge=1, description="... out of the last n.")
-    clear_m: int = Field(10, ge=1, description="Clear after m consecutive normal verdicts.")
+    clear_m: int = Field(10, ge=1, description="Clear after m consecutive normal verdicts ...")
+    clear_hold_s: float = Field(
+        30.0, ge=0, description="... and this long since the last anomalous one (off-delay)."
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -234,6 +237,9 @@ class LSTMVAEConfig(_DetectorBase):
     hidden: int = Field(32, ge=2, description="LSTM units.")
     latent: int = Field(8, ge=1, description="Latent dimensions.")
     epochs: int = Field(30, ge=1)
+    min_steps: int = Field(
+        1000, ge=0, description="Least optimiser steps (more epochs on small data)."
+    )
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     patience: int = Field(4, ge=1, description="Early-stopping patience in epochs.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ CONFIGS: dict[str, Any] = {
     "gaussian": GaussianConfig(),
     "gmm": GMMConfig(max_components=3, steps=150),
     "lstm-vae": LSTMVAEConfig(
-        hidden=16, latent=4, epochs=10, batch_size=64, learning_rate=5e-3, patience=3
+        hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),
 }
 
@@ -326,3 +327,17 @@ def test_lstm_vae_per_sensor_models_round_trip(tmp_path: Path) -> None:
     with pytest.raises(NotTrained):
         loaded.adapt("c", x)
     shutil.rmtree(tmp_path / "m")
+
+
+def test_lstm_vae_min_steps_adds_epochs_on_small_data(caplog: pytest.LogCaptureFixture) -> None:
+    # 2 sensors x 100 readings: 2 x 61 training windows, 8 batches of 16 per epoch, so 30
+    # steps need 4 epochs (early stopping may not end them sooner) although the config says 1.
+    cfg = CONFIGS["lstm-vae"].model_copy(
+        update={"epochs": 1, "min_steps": 30, "hidden": 4, "latent": 2, "batch_size": 16}
+    )
+    det = base.create(cfg, WINDOW)
+    with caplog.at_level(logging.INFO, logger="streamwatch.detectors.lstm_vae"):
+        det.fit({"a": sine(100, seed=1), "b": sine(100, seed=2)})
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert "up to 4 epochs (8 steps each)" in caplog.text
+    assert len(epochs) == 4
