@@ -72,6 +72,7 @@ def test_event_scores_hand_case() -> None:
     assert sc.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
     assert sc.normal_readings == 100 - 20 - 5 - 5  # labelled rows and tolerance tails left out
     assert sc.false_alarms_per_10k == pytest.approx(1e4 / 70)
+    assert sc.false_alarms_per_100k == pytest.approx(1e5 / 70)
     assert sc.mean_delay_s == 2.0 == sc.median_delay_s
     assert sc.per_kind["spike"].recall == 1.0 and sc.per_kind["drift"].recall == 0.0
     assert sc.per_kind["drift"].mean_delay_s is None
@@ -231,7 +232,15 @@ def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
     sim = simulate(1, 1200.0, 1.0, 3, anomalies=AnomalySpec(rate_per_hour=12.0), warmup_s=600.0)
     sim.to_csv(tmp_path / "r.csv")
     sim.events_to_csv(tmp_path / "e.csv")
-    sw = [sys.executable, "-m", "streamwatch", "evaluate", "--baselines", "none", "--out", str(out)]
+    sw = [
+        *cmd[:4],
+        "--detector",
+        "gaussian",
+        "--baselines",
+        "none",
+        "--out",
+        str(out),
+    ]
     subprocess.run(
         [*sw, "--csv", str(tmp_path / "r.csv"), "--events", str(tmp_path / "e.csv")],
         check=True,
@@ -247,3 +256,34 @@ def test_cli_writes_markdown_and_json(tmp_path: Path) -> None:
         [sys.executable, "-m", "streamwatch", "evaluate"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "--simulate" in bad.stderr
+
+
+def test_cli_evaluates_a_pretrained_bundle(tmp_path: Path) -> None:
+    # Train on a separate, anomaly-free period (another seed), then evaluate the labelled
+    # stream with --model-dir: the bundle's thresholds serve the sensors it knows.
+    clean = simulate(2, 1800.0, 1.0, 5, anomalies=None)
+    clean.to_csv(tmp_path / "clean.csv")
+    sw = [sys.executable, "-m", "streamwatch"]
+    common = ["--detector", "gaussian", "--model-dir", str(tmp_path / "m"), "--log-level", "ERROR"]
+    subprocess.run(
+        [*sw, "train", "--data", str(tmp_path / "clean.csv"), *common],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    out = tmp_path / "ev"
+    tail = ["--baselines", "none", "--out", str(out), *common]
+    subprocess.run(
+        [*sw, "evaluate", "--simulate", "--sensors", "2", "--duration", "2400", *tail],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    doc = json.loads((out / "report.json").read_text())
+    assert "pre-trained bundle" in doc["settings"]["model"]
+    assert "3600 readings of 2 sensors" in doc["settings"]["model"]
+    bundle = json.loads((tmp_path / "m" / "thresholds.json").read_text())
+    det = doc["results"][0]["detectors"]["streamwatch:gaussian"]
+    assert det["false_alarms_per_100k"] is not None and det["events"] > 0
+    assert set(bundle["per_sensor"]) == {"s000", "s001"}
+    assert "false alarms / 100k" in (out / "report.md").read_text()
