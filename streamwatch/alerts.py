@@ -1,8 +1,10 @@
 """Per-sensor alert state: debounce on the way up, hysteresis on the way down.
 
 A sensor's alert is *raised* once ``k`` of its last ``n`` verdicts were anomalous, and
-*cleared* after ``m`` consecutive normal verdicts. While raised, further anomalous verdicts
-change nothing, so one long anomaly makes exactly one raise and one clear: no alert storm.
+*cleared* after ``m`` consecutive normal verdicts spanning at least ``hold_s`` seconds since
+the last anomalous one (an off-delay, as alarm systems use). While raised, further anomalous
+verdicts change nothing, so one long anomaly makes exactly one raise and one clear: no alert
+storm, even where the anomaly shows only in part of each cycle of a periodic signal.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ class AlertState:
     k: int
     n: int
     m: int
+    hold_s: float = 0.0
     history: int = 0
     """The last n verdicts as bits, newest in bit 0."""
     normal_run: int = 0
+    last_anomalous: float = float("-inf")
     alert_id: str | None = None
     _mask: int = field(init=False, default=0)
 
@@ -74,17 +78,25 @@ class AlertState:
         """Whether an alert is active."""
         return self.alert_id is not None
 
-    def update(self, anomalous: bool) -> tuple[Literal["raised", "cleared"], str] | None:
-        """Feed one verdict; return the transition it causes and its alert id, if any."""
+    def update(
+        self, anomalous: bool, ts: float = 0.0
+    ) -> tuple[Literal["raised", "cleared"], str] | None:
+        """Feed one verdict (of the reading at ``ts``); return the transition it causes and
+        its alert id, if any."""
         self.history = ((self.history << 1) | anomalous) & self._mask
         if anomalous:
             self.normal_run = 0
+            self.last_anomalous = ts
             if self.alert_id is None and self.history.bit_count() >= self.k:
                 self.alert_id = uuid.uuid4().hex
                 return RAISED, self.alert_id
             return None
         self.normal_run += 1
-        if self.alert_id is not None and self.normal_run >= self.m:
+        if (
+            self.alert_id is not None
+            and self.normal_run >= self.m
+            and ts - self.last_anomalous >= self.hold_s
+        ):
             cleared, self.alert_id, self.history = self.alert_id, None, 0
             return CLEARED, cleared
         return None

@@ -281,7 +281,7 @@ class Engine:
         for i, st in enumerate(states):
             series = st.series
             series.score = float(scores[i])
-            change = st.alert.update(bool(verdicts[i]))
+            change = st.alert.update(bool(verdicts[i]), ends[i])
             if change is None:
                 continue
             state, alert_id = change
@@ -343,7 +343,9 @@ class Engine:
 
     def _new_state(self, sensor: str) -> SensorState:
         a = self.cfg.alerts
-        st = SensorState(AlertState(a.raise_k, a.raise_n, a.clear_m), self.metrics.series(sensor))
+        st = SensorState(
+            AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s), self.metrics.series(sensor)
+        )
         alert_id = self.raised.get(sensor)
         if alert_id is not None:
             st.alert.restore(alert_id)  # raised before a restart or eviction: not raised twice

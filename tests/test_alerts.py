@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from streamwatch.alerts import CLEARED, RAISED, AlertEvent, AlertState
 
 
@@ -72,3 +74,27 @@ def test_payload_fields() -> None:
         "window_end": 10.0,
         "alert_id": "id1",
     }
+
+
+def test_off_delay_keeps_a_periodic_anomaly_one_alert() -> None:
+    # Anomalous for 2 s of every 10 s cycle (10 readings/s), for a minute, then normal.
+    st = AlertState(k=1, n=1, m=10, hold_s=30.0)
+    events = []
+    for i in range(600 + 400):
+        ts = i / 10.0
+        anomalous = i < 600 and (i % 100) < 20
+        change = st.update(anomalous, ts)
+        if change:
+            events.append((change[0], ts))
+    assert [e for e, _ in events] == [RAISED, CLEARED]
+    last_anomalous = 51.9  # reading 519 is the last anomalous one
+    assert events[1][1] == pytest.approx(last_anomalous + 30.0)
+
+
+def test_without_off_delay_the_same_anomaly_flaps() -> None:
+    st = AlertState(k=1, n=1, m=10, hold_s=0.0)
+    raised = 0
+    for i in range(600):
+        change = st.update((i % 100) < 20, i / 10.0)
+        raised += bool(change and change[0] == RAISED)
+    assert raised == 6
