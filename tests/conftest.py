@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,20 @@ def wait_until(pred: Any, timeout: float = 20.0, every: float = 0.05) -> bool:
             return True
         time.sleep(every)
     return bool(pred())
+
+
+def http_get(url: str, timeout: float = 5.0, **kw: Any) -> tuple[int, str]:
+    """A real HTTP GET: (status, body). An HTTP error status is returned, not raised; a
+    connection failure is status 0 with the error as the body."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, **kw) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def http_ok(url: str) -> bool:
+    """Whether GET ``url`` answers 200 (False while nothing listens yet)."""
+    return http_get(url, timeout=2.0)[0] == 200

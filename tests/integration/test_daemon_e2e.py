@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -17,7 +15,15 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
-from tests.conftest import Collector, Mosquitto, Publisher, free_port, wait_until
+from tests.conftest import (
+    Collector,
+    Mosquitto,
+    Publisher,
+    free_port,
+    http_get,
+    http_ok,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +51,6 @@ def _cfg(broker: Mosquitto, **extra: dict) -> Config:
     for k, v in extra.items():
         data.setdefault(k, {}).update(v)
     return from_mapping(data)
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> None:
@@ -97,7 +95,7 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
             return v == 300
 
         assert wait_until(counted)
-        status, body = _get(f"http://127.0.0.1:{daemon.metrics_port}/metrics")
+        status, body = http_get(f"http://127.0.0.1:{daemon.metrics_port}/metrics")
         assert status == 200
         assert 'streamwatch_readings_total{sensor="pump1"} 300.0' in body
         assert 'streamwatch_rejected_total{reason="undecodable"} 1.0' in body
@@ -105,7 +103,7 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
         assert 'streamwatch_alerts_raised_total{sensor="pump1"} 1.0' in body
         assert 'streamwatch_sensor_warming{sensor="pump1"} 0.0' in body
         assert "streamwatch_mqtt_connected 1.0" in body
-        assert _get(f"http://127.0.0.1:{daemon.metrics_port}/readyz")[0] == 200
+        assert http_get(f"http://127.0.0.1:{daemon.metrics_port}/readyz")[0] == 200
 
         # The bad messages did not stop it: a later reading is still taken.
         pub = Publisher(mosquitto.port)
@@ -177,8 +175,10 @@ def test_cli_run_stops_cleanly_on_sigterm(mosquitto: Mosquitto) -> None:
         text=True,
     )
     try:
-        assert wait_until(lambda: _ready(port), timeout=30), "daemon never became ready"
-        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30), (
+            "daemon never became ready"
+        )
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -189,13 +189,6 @@ def test_cli_run_stops_cleanly_on_sigterm(mosquitto: Mosquitto) -> None:
     assert "Traceback" not in err
     assert status.wait_for(lambda c: any(p == b"offline" for _, p, _ in c.messages))
     status.close()
-
-
-def _ready(port: int) -> bool:
-    try:
-        return _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
-    except OSError:
-        return False
 
 
 def test_broker_not_running_is_reported_on_readyz() -> None:
@@ -210,10 +203,10 @@ def test_broker_not_running_is_reported_on_readyz() -> None:
     daemon.start()
     try:
         time.sleep(1.0)
-        code, body = _get(f"http://127.0.0.1:{daemon.metrics_port}/readyz")
+        code, body = http_get(f"http://127.0.0.1:{daemon.metrics_port}/readyz")
         assert code == 503
         assert "connect" in body
-        assert _get(f"http://127.0.0.1:{daemon.metrics_port}/healthz")[0] == 200
+        assert http_get(f"http://127.0.0.1:{daemon.metrics_port}/healthz")[0] == 200
     finally:
         daemon.stop()
 

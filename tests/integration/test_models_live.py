@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,15 @@ from prometheus_client import CollectorRegistry
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.train import train
-from tests.conftest import Collector, Mosquitto, Publisher, free_port, wait_until
+from tests.conftest import (
+    Collector,
+    Mosquitto,
+    Publisher,
+    free_port,
+    http_get,
+    http_ok,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +110,7 @@ def test_lstm_vae_bundle_raises_a_level_shift_with_top_steps(
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
+    return http_get(f"http://127.0.0.1:{port}/metrics")[1]
 
 
 def _sample(text: str, name: str, labels: str = "") -> float | None:
@@ -142,15 +148,7 @@ def test_sighup_reloads_the_model_without_dropping_readings(
         text=True,
     )
     try:
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        assert wait_until(ready, timeout=30)
+        assert wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30)
         pub = Publisher(mosquitto.port)
         t0 = time.time() - 5000
         sent = 0

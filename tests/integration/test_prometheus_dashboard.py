@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import Mosquitto, Publisher, free_port, wait_until
+from tests.conftest import Mosquitto, Publisher, free_port, http_get, http_ok, wait_until
 from tests.test_deploy import (
     PROM,
     dashboard_targets,
@@ -53,14 +54,7 @@ def _streamwatch(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamwatch", *args]
 
 
-def _get(url: str, timeout: float = 10.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
+_get = partial(http_get, timeout=10.0)
 
 
 def _stop(proc: subprocess.Popen[Any] | None) -> None:
@@ -154,7 +148,7 @@ def daemon(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         )
     try:
         ready = wait_until(
-            lambda: proc.poll() is not None or _get(f"http://127.0.0.1:{port}/readyz", 2)[0] == 200,
+            lambda: proc.poll() is not None or http_ok(f"http://127.0.0.1:{port}/readyz"),
             timeout=90,
             every=0.2,
         )
@@ -273,7 +267,7 @@ def prometheus(prometheus_bin: str, daemon: tuple[int, Path], tmp_path: Path) ->
     prom = Prom(port)
     try:
         ok = wait_until(
-            lambda: proc.poll() is not None or _get(f"{prom.base}/-/ready", 2)[0] == 200,
+            lambda: proc.poll() is not None or http_ok(f"{prom.base}/-/ready"),
             timeout=60,
             every=0.2,
         )
