@@ -168,7 +168,14 @@ class Daemon:
         log.info("stopping: draining %d queued readings", len(self.handoff))
         self.link.accepting = False
         self._stop.set()
-        self._stopped.wait(timeout)
+        if not self._stopped.wait(timeout):
+            # Those readings were acknowledged on hand-off: the broker will not resend them.
+            log.error(
+                "stopping: the worker did not finish scoring within %.0fs; readings it still "
+                "held are lost (%d queued)",
+                timeout,
+                len(self.handoff),
+            )
         self.link.stop(timeout)
         if self.http is not None:
             self.http.shutdown()
