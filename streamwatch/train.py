@@ -4,7 +4,9 @@ Each sensor's series (only ``label == 0`` rows where the file has labels) is spl
 the first part trains the detector, the last :data:`CALIBRATION_FRACTION` is held out, and
 the detector's scores on that held-out normal data calibrate the sensor's threshold at the
 configured false-alarm rate. The held-out scores of all sensors, pooled, calibrate
-``thresholds.pooled``, which serves sensors the model later meets without their own.
+``thresholds.pooled``, which serves sensors the model later meets without their own, and,
+for a shared model whose scores mean the same on every sensor, floors each sensor's own
+(see :attr:`Detector.comparable_scores`).
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
         det.thresholds.pooled = calibrate(np.concatenate(pooled), far)
     except CalibrationError as exc:
         raise TrainError(f"cannot calibrate the pooled threshold: {exc}") from None
+    det.thresholds.per_sensor = {
+        s: det.sensor_threshold(t) for s, t in det.thresholds.per_sensor.items()
+    }
 
     all_ts = np.concatenate(stamps)
     det.trained_on = {

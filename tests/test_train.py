@@ -115,3 +115,17 @@ def test_read_csv_errors_name_file_and_line(tmp_path: Path, body: str, message: 
     with pytest.raises(DatasetError, match=r"bad\.csv") as err:
         read_csv(p)
     assert message in str(err.value)
+
+
+def test_pooled_threshold_floors_sensor_thresholds_only_for_a_shared_model() -> None:
+    from streamwatch.config import GaussianConfig, LSTMVAEConfig
+    from streamwatch.detectors.base import create
+
+    shared = create(LSTMVAEConfig(shared=True), 20)
+    own = create(LSTMVAEConfig(shared=False), 20)
+    gauss = create(GaussianConfig(), 20)
+    for det in (shared, own, gauss):
+        det.thresholds.pooled = 7.0
+    assert shared.sensor_threshold(4.6) == 7.0 and shared.sensor_threshold(9.0) == 9.0
+    assert own.sensor_threshold(4.6) == 4.6
+    assert gauss.sensor_threshold(4.6) == 4.6

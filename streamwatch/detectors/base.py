@@ -113,6 +113,22 @@ class Detector(ABC):
         """Whether this sensor can be scored now."""
 
     @property
+    def comparable_scores(self) -> bool:
+        """Whether a score means the same on every sensor (one shared model on standardised
+        data). Then the pooled threshold, calibrated on every sensor's scores together, is a
+        floor under each sensor's own: one sensor's few hundred calibration scores can put its
+        threshold far too low, and a floor costs no recall when anomalies score far above."""
+        return False
+
+    def sensor_threshold(self, own: float) -> float:
+        """A sensor's threshold from its own calibration, floored by the pooled one where
+        scores are comparable across sensors."""
+        pooled = self.thresholds.pooled
+        if self.comparable_scores and pooled is not None:
+            return max(own, pooled)
+        return own
+
+    @property
     def trained(self) -> bool:
         """Whether shared weights exist (always true for per-sensor detectors)."""
         return True

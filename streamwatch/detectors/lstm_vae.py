@@ -234,6 +234,11 @@ class LSTMVAEDetector(Detector):
         """Whether trained weights exist (the shared model, or at least one per-sensor one)."""
         return bool(self._nets)
 
+    @property
+    def comparable_scores(self) -> bool:
+        """One shared model scores standardised windows: a score means the same anywhere."""
+        return bool(self.cfg.shared)
+
     def knows(self, sensor: str) -> bool:
         """Whether the sensor has a standardisation and a model to score it with."""
         return sensor in self._norm and self._model_of.get(sensor) in self._nets
