@@ -220,14 +220,17 @@ def event_scores(
     )
 
 
-def alert_onsets(ts: np.ndarray, verdicts: np.ndarray, k: int, n: int, m: int) -> np.ndarray:
-    """Times at which the daemon's alert state machine (k of n up, m down) would raise."""
+def alert_onsets(
+    ts: np.ndarray, verdicts: np.ndarray, k: int, n: int, m: int, hold_s: float = 0.0
+) -> np.ndarray:
+    """Times at which the daemon's alert state machine (k of n up; m down, after an off-delay
+    of ``hold_s``) would raise."""
     from streamwatch.alerts import RAISED, AlertState
 
-    state = AlertState(k, n, m)
+    state = AlertState(k, n, m, hold_s)
     out = []
     for t, v in zip(np.asarray(ts).tolist(), np.asarray(verdicts).tolist(), strict=True):
-        change = state.update(bool(v))
+        change = state.update(bool(v), t)
         if change is not None and change[0] == RAISED:
             out.append(t)
     return np.asarray(out, dtype=np.float64)
@@ -394,7 +397,9 @@ def run_baseline(name: str, cfg: Any, ds: Dataset, seed: int = 0) -> Run:
         sc, calib = score_series(name, ds.value[s], n, cfg.windows.length, seed)
         thr = calibrate(calib, cfg.threshold.false_alarm_rate)
         verdict = np.nan_to_num(sc, nan=-np.inf) > thr
-        alerts[s] = alert_onsets(ds.ts[s][n:], verdict[n:], a.raise_k, a.raise_n, a.clear_m)
+        alerts[s] = alert_onsets(
+            ds.ts[s][n:], verdict[n:], a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s
+        )
         sc[:n] = np.nan  # training readings, as for our detector
         score[s] = sc
         threshold[s] = thr

@@ -110,6 +110,9 @@ def test_alert_onsets_follow_the_daemon_state_machine() -> None:
     np.testing.assert_array_equal(alert_onsets(t, v, 1, 1, 10), [1.0])
     w = np.array([1, 0, 1, 0, 0, 1, 1, 0], dtype=bool)
     np.testing.assert_array_equal(alert_onsets(t, w, 2, 2, 1), [6.0])
+    # With the off-delay, the clear at t=4 needs 3 s since the last anomalous verdict (t=2):
+    np.testing.assert_array_equal(alert_onsets(t, v, 1, 1, 2, hold_s=3.0), [1.0, 6.0])
+    np.testing.assert_array_equal(alert_onsets(t, v, 1, 1, 2, hold_s=4.0), [1.0])
 
 
 def test_events_from_label_runs() -> None:
