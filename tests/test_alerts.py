@@ -10,7 +10,7 @@ from streamwatch.alerts import CLEARED, RAISED, AlertEvent, AlertState
 
 
 def run(st: AlertState, verdicts: str) -> list[str | None]:
-    out = []
+    out: list[str | None] = []
     for v in verdicts:
         change = st.update(v == "1")
         out.append(change[0] if change else None)

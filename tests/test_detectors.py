@@ -203,9 +203,9 @@ def test_numpy_densities_equal_tfp_log_prob() -> None:
 def two_state(n: int, seed: int) -> np.ndarray:
     """A machine alternating between idle (≈0) and running (≈10) in blocks of 50..300."""
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[np.ndarray] = []
     running = False
-    while sum(map(len, out)) < n:
+    while sum(len(part) for part in out) < n:
         k = int(rng.integers(50, 300))
         out.append(rng.normal(10.0, 0.5, k) if running else rng.normal(0.0, 0.05, k))
         running = not running
