@@ -93,22 +93,24 @@ class Daemon:
         self.cfg = cfg
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, cfg.metrics.max_sensor_labels)
+        self.on_alert = on_alert
+        self.handoff = Handoff(cfg.engine.queue_readings)
+        # The link first: a missing secret or TLS file is reported before the model loads.
+        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
         detector, source = build_detector(cfg)
         self.metrics.set_model(
             detector.name, base.config_hash(detector.config, detector.window), source
         )
-        self.on_alert = on_alert
-        self.handoff = Handoff(cfg.engine.queue_readings)
         self.engine = Engine(
             cfg,
             detector,
             self.metrics,
             self._publish_event,
             on_training_data=self._train_in_background,
+            background_fits=True,
         )
         self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
         self.engine.raised = self._load_alert_state()
-        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
         self.metrics.gauges_fn = self._gauges
         self.http: WSGIServer | None = None
         self.heartbeat = time.time()
