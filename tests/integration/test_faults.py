@@ -66,7 +66,7 @@ def config(broker: Mosquitto, model_dir: Path | None = None, **sections: Any) ->
             "reconnect_max_s": 1.0,
         },
         "detector": {"type": "gaussian", "warmup": 10},
-        "alerts": {"raise_k": 1, "raise_n": 1, "clear_m": 5},
+        "alerts": {"raise_k": 1, "raise_n": 1, "clear_m": 5, "clear_hold_s": 0.0},
         "metrics": {"host": "127.0.0.1", "port": 0},
     }
     if model_dir is not None:
@@ -723,7 +723,8 @@ def test_config_and_model_errors_are_one_line_exit_2_no_traceback(
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
         for name, (args, _) in cases.items():
-            argv = [sys.executable, "-m", "streamwatch", "run"]
+            # Gaussian: the default detector (lstm-vae) would import TensorFlow in each process.
+            argv = [sys.executable, "-m", "streamwatch", "run", "--detector", "gaussian"]
             if "--broker" not in args:
                 argv += ["--broker", f"mqtt://127.0.0.1:{free_port()}"]
             if name != "metrics port busy":
