@@ -436,6 +436,7 @@ def _metrics_only(**metrics: Any) -> Config:
     return from_mapping(
         {
             "mqtt": {"broker": f"mqtt://127.0.0.1:{free_port()}", "reconnect_min_s": 5.0},
+            "detector": {"type": "gaussian"},
             "metrics": {"host": "127.0.0.1", "port": 0, **metrics},
         }
     )
