@@ -199,3 +199,13 @@ def test_topic_churn_through_mosquitto(mosquitto: Mosquitto) -> None:
     finally:
         pub.close()
         daemon.stop()
+
+
+def test_lstm_vae_forgets_an_online_sensors_standardisation() -> None:
+    from streamwatch.config import LSTMVAEConfig
+
+    det = base.create(LSTMVAEConfig(), 20)
+    det.install_state({"x": {"mean": 1.0, "std": 2.0, "model": "shared"}})
+    det.thresholds.per_sensor["x"] = 5.0
+    det.forget("x")
+    assert det._sensor_state() == {} and "x" not in det.thresholds.per_sensor

@@ -234,6 +234,12 @@ class LSTMVAEDetector(Detector):
         """Whether trained weights exist (the shared model, or at least one per-sensor one)."""
         return bool(self._nets)
 
+    def forget(self, sensor: str) -> None:
+        """Drop a sensor's online-learned standardisation (the weights stay)."""
+        super().forget(sensor)
+        self._norm.pop(sensor, None)
+        self._model_of.pop(sensor, None)
+
     @property
     def comparable_scores(self) -> bool:
         """One shared model scores standardised windows: a score means the same anywhere."""
