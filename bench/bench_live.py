@@ -69,6 +69,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from streamwatch.embedded_broker import free_port, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 WINDOW = 20
@@ -342,25 +344,6 @@ def alerts_main(args: argparse.Namespace) -> int:
 
 
 # -- orchestration helpers ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    """Block until something accepts connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 class Broker:

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,25 +37,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from streamwatch.embedded_broker import free_port, wait_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -82,7 +66,7 @@ def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     conf.chmod(0o644)
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen([binary, "-c", str(conf)])
-    wait_port(port)
+    wait_port(port, timeout=15.0)
     return proc
 
 

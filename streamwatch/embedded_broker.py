@@ -9,6 +9,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on ``port``; TimeoutError if not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
 
 
 class EmbeddedBroker:
