@@ -58,7 +58,7 @@ def test_train_lstm_vae_with_config_file(tmp_path: Path) -> None:
     conf = tmp_path / "c.toml"
     conf.write_text(
         '[detector]\ntype = "lstm-vae"\nhidden = 4\nlatent = 2\nepochs = 1\nmin_steps = 0\n'
-        'batch_size = 64\n'
+        "batch_size = 64\n"
         "[windows]\nlength = 10\n"
     )
     model = tmp_path / "model"
