@@ -115,12 +115,12 @@ def test_churning_sensors_that_warm_up_free_what_was_learned() -> None:
     rig = _Rig(_cfg(cap, 50))
     for start in range(0, 6000, 300):
         rig.feed([f"s{k}" for k in range(start, start + 300)], per_sensor=20)
-        learned = rig.det._slot  # type: ignore[attr-defined]
+        learned = rig.det._table  # type: ignore[attr-defined]
         assert len(learned) <= cap and len(rig.det.thresholds.per_sensor) <= cap
     assert rig.evicted() == 6000 - cap
     # Slots are reused: at most the tracked sensors plus those one batch brought in (freed at
     # the end of that batch), never one per sensor ever seen.
-    assert rig.det._mu.size <= cap + 300  # type: ignore[attr-defined]
+    assert rig.det._table.capacity <= 2 * (cap + 300)  # type: ignore[attr-defined]
     assert rig.engine.warming == 0
     # The last sensors are scored, with their own thresholds.
     assert all(rig.det.knows(f"s{k}") for k in range(5700, 6000))

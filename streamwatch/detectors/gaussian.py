@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from streamwatch.detectors.base import Detector
+from streamwatch.detectors.table import SensorTable
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _REL_SIGMA_FLOOR = 1e-6
@@ -33,11 +34,7 @@ class GaussianDetector(Detector):
 
     def __init__(self, config: Any, window: int) -> None:
         super().__init__(config, window)
-        self._slot: dict[str, int] = {}
-        self._free: list[int] = []
-        """Slots of forgotten sensors, reused before the arrays grow."""
-        self._mu = np.zeros(0)
-        self._sigma = np.ones(0)
+        self._table = SensorTable({"mu": ((), 0.0), "sigma": ((), 1.0)})
 
     def fit(self, series: Mapping[str, np.ndarray]) -> None:
         """Fit each sensor's Normal by maximum likelihood."""
@@ -60,43 +57,32 @@ class GaussianDetector(Detector):
         self._set(sensor, mu, sigma)
 
     def _set(self, sensor: str, mu: float, sigma: float) -> None:
-        slot = self._slot.get(sensor)
-        if slot is None and not self._free:
-            self._slot[sensor] = self._mu.size
-            self._mu = np.append(self._mu, mu)
-            self._sigma = np.append(self._sigma, sigma)
-            return
-        if slot is None:
-            slot = self._slot[sensor] = self._free.pop()
-        self._mu[slot] = mu
-        self._sigma[slot] = sigma
+        self._table.set(sensor, mu=mu, sigma=sigma)
 
     def forget(self, sensor: str) -> None:
-        """Free the sensor's Normal (its slot is reused by the next new sensor)."""
+        """Free the sensor's Normal (its row is reused by the next new sensor)."""
         super().forget(sensor)
-        slot = self._slot.pop(sensor, None)
-        if slot is not None:
-            self._free.append(slot)
+        self._table.forget(sensor)
 
     def knows(self, sensor: str) -> bool:
         """Whether the sensor has a fitted Normal."""
-        return sensor in self._slot
+        return sensor in self._table
 
     def params(self, sensor: str) -> tuple[float, float]:
         """(μ, σ) of a sensor's Normal."""
-        slot = self._slot[sensor]
-        return float(self._mu[slot]), float(self._sigma[slot])
+        r, cols = self._table.row(sensor), self._table.cols
+        return float(cols["mu"][r]), float(cols["sigma"][r])
 
     def score(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         """Negative log-probability of each reading, shape (B,)."""
-        slots = np.fromiter((self._slot[s] for s in sensors), dtype=np.intp, count=len(sensors))
-        sigma = self._sigma[slots]
-        z = np.asarray(x, dtype=np.float64).reshape(len(sensors), -1)[:, -1] - self._mu[slots]
+        rows, cols = self._table.rows(sensors), self._table.cols
+        sigma = cols["sigma"][rows]
+        z = np.asarray(x, dtype=np.float64).reshape(len(sensors), -1)[:, -1] - cols["mu"][rows]
         z /= sigma
         return 0.5 * z * z + np.log(sigma) + _HALF_LOG_2PI
 
     def _sensor_state(self) -> dict[str, Any]:
-        return {s: {"mean": self._mu[i], "std": self._sigma[i]} for s, i in self._slot.items()}
+        return {s: dict(zip(("mean", "std"), self.params(s), strict=True)) for s in self._table}
 
     def _restore_sensor_state(self, state: dict[str, Any]) -> None:
         for sensor, p in state.items():

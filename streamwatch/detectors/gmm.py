@@ -30,6 +30,7 @@ import numpy as np
 from streamwatch.config import GMMConfig
 from streamwatch.detectors.base import Detector
 from streamwatch.detectors.gaussian import sigma_floor
+from streamwatch.detectors.table import SensorTable
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,11 @@ class GMMDetector(Detector):
     def __init__(self, config: GMMConfig, window: int) -> None:
         super().__init__(config, window)
         self.cfg = config
-        self._slot: dict[str, int] = {}
-        self._free: list[int] = []
-        """Rows of forgotten sensors, reused before the arrays grow."""
         k = config.max_components
         # Padded to max_components; a padded component has log-weight -inf, loc 0, scale 1.
-        self._logw = np.zeros((0, k))
-        self._loc = np.zeros((0, k))
-        self._scale = np.ones((0, k))
+        self._table = SensorTable(
+            {"logw": ((k,), -np.inf), "loc": ((k,), 0.0), "scale": ((k,), 1.0)}
+        )
 
     # -- fitting -------------------------------------------------------------------------
 
@@ -103,49 +101,36 @@ class GMMDetector(Detector):
         row_logw[:n] = np.log(weights / weights.sum())
         row_loc[:n] = loc
         row_scale[:n] = scale
-        slot = self._slot.get(sensor)
-        if slot is None and not self._free:
-            self._slot[sensor] = self._logw.shape[0]
-            self._logw = np.vstack([self._logw, row_logw])
-            self._loc = np.vstack([self._loc, row_loc])
-            self._scale = np.vstack([self._scale, row_scale])
-            return
-        if slot is None:
-            slot = self._slot[sensor] = self._free.pop()
-        self._logw[slot] = row_logw
-        self._loc[slot] = row_loc
-        self._scale[slot] = row_scale
+        self._table.set(sensor, logw=row_logw, loc=row_loc, scale=row_scale)
 
     def forget(self, sensor: str) -> None:
         """Free the sensor's mixture (its row is reused by the next new sensor)."""
         super().forget(sensor)
-        slot = self._slot.pop(sensor, None)
-        if slot is not None:
-            self._free.append(slot)
+        self._table.forget(sensor)
 
     # -- scoring -------------------------------------------------------------------------
 
     def knows(self, sensor: str) -> bool:
         """Whether the sensor has a fitted mixture."""
-        return sensor in self._slot
+        return sensor in self._table
 
     def params(self, sensor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(weights, loc, scale) of a sensor's mixture, one entry per used component."""
-        slot = self._slot[sensor]
-        used = np.isfinite(self._logw[slot])
-        return np.exp(self._logw[slot, used]), self._loc[slot, used], self._scale[slot, used]
+        r, cols = self._table.row(sensor), self._table.cols
+        used = np.isfinite(cols["logw"][r])
+        return np.exp(cols["logw"][r, used]), cols["loc"][r, used], cols["scale"][r, used]
 
     def score(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         """Negative log-probability of each reading (the last value of each row), shape (B,)."""
-        slots = np.fromiter((self._slot[s] for s in sensors), dtype=np.intp, count=len(sensors))
+        rows, cols = self._table.rows(sensors), self._table.cols
         v = np.asarray(x, dtype=np.float64).reshape(len(sensors), -1)[:, -1]
-        return -mixture_log_prob(v, self._logw[slots], self._loc[slots], self._scale[slots])
+        return -mixture_log_prob(v, cols["logw"][rows], cols["loc"][rows], cols["scale"][rows])
 
     # -- persistence ---------------------------------------------------------------------
 
     def _sensor_state(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for sensor in self._slot:
+        for sensor in self._table:
             w, loc, scale = self.params(sensor)
             out[sensor] = {"weights": w.tolist(), "loc": loc.tolist(), "scale": scale.tolist()}
         return out
