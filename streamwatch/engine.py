@@ -178,6 +178,11 @@ class Engine:
         self.windows = self._new_windows(detector)
 
     @property
+    def learning(self) -> bool:
+        """Whether auto-training is collecting data, or a new model waits to be swapped in."""
+        return self._collect is not None or self._pending is not None
+
+    @property
     def _train_after(self) -> int:
         return int(getattr(self.cfg.detector, "auto_train_readings", 0))
 
@@ -244,7 +249,6 @@ class Engine:
         states: list[SensorState] = []
         arrivals: list[float] = []
         restarts = windows.restarts
-        collect = self._collect is not None
         for readings, arrived in items:
             for r in readings:
                 sw = windows.get(r.sensor, now)
@@ -258,7 +262,7 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
-                if collect:
+                if self._collect is not None:  # until training data is complete
                     self._collect_reading(r.sensor, r.value)
                 if st.warm is not None:
                     self._warm_up(r.sensor, st, r.value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 
 CHUNK = 4096
 """Readings per engine call: about what the worker drains at a high ingest rate."""
+LEARNING_CHUNK = 64
+"""Readings per engine call while auto-training collects data or waits to swap in."""
 
 Series = Mapping[str, tuple[np.ndarray, np.ndarray]]
 """Per sensor: (timestamps, values)."""
 
 
-def merged(series: Series) -> Iterator[list[Reading]]:
-    """All sensors' readings in timestamp order (stable across sensors), in chunks."""
+def merged(series: Series, size: Callable[[], int] = lambda: CHUNK) -> Iterator[list[Reading]]:
+    """All sensors' readings in timestamp order (stable across sensors), in chunks of
+    ``size()`` readings (asked before each chunk)."""
     names = list(series)
     if not names:
         return
@@ -42,13 +45,13 @@ def merged(series: Series) -> Iterator[list[Reading]]:
     who = np.concatenate([np.full(len(series[s][0]), i) for i, s in enumerate(names)])
     order = np.argsort(ts, kind="stable")
     ts, vals, who = ts[order].tolist(), vals[order].tolist(), who[order].tolist()
-    for i in range(0, len(ts), CHUNK):
+    i = 0
+    while i < len(ts):
+        j = i + size()
         yield [
-            Reading(names[w], t, v)
-            for w, t, v in zip(
-                who[i : i + CHUNK], ts[i : i + CHUNK], vals[i : i + CHUNK], strict=True
-            )
+            Reading(names[w], t, v) for w, t, v in zip(who[i:j], ts[i:j], vals[i:j], strict=True)
         ]
+        i = j
 
 
 def replay(
@@ -65,7 +68,9 @@ def replay(
         engine.request_swap(train_in_place(cfg, data))
 
     engine = Engine(cfg, detector, metrics, events.append, on_training_data=train_inline)
-    for chunk in merged(series):
+    # While a model is being trained in, small chunks let the swap land as promptly as it
+    # does in the daemon, whose batches are small.
+    for chunk in merged(series, lambda: LEARNING_CHUNK if engine.learning else CHUNK):
         engine.process([(chunk, chunk[-1].ts)], now=chunk[-1].ts)
     return events
 

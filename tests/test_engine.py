@@ -168,3 +168,37 @@ def test_slow_fits_run_in_the_background_and_are_adopted_between_batches() -> No
     assert reg.get_sample_value("streamwatch_sensor_warming", {"sensor": "two-state"}) == 0
     assert reg.get_sample_value("streamwatch_windows_scored_total") == 100
     eng.close()
+
+
+def test_auto_training_swaps_in_the_lstm_vae_mid_stream_without_losing_readings() -> None:
+    """Replay trains inline once a sensor has auto_train_readings; the readings after it in
+    the same batch are still taken, and the trained model scores from then on."""
+    c = from_mapping(
+        {
+            "detector": {
+                "type": "lstm-vae",
+                "warmup": 100,
+                "auto_train_readings": 300,
+                "hidden": 4,
+                "latent": 2,
+                "epochs": 2,
+                "min_steps": 0,
+            },
+            "windows": {"length": 10},
+        }
+    )
+    t = np.arange(1200.0)
+    rng = np.random.default_rng(4)
+    data = {
+        s: (1.7e9 + t, np.sin(2 * np.pi * t / 20 + k) + rng.normal(0, 0.1, t.size))
+        for k, s in enumerate(("a", "b"))
+    }
+    data["a"][1][1000:1040] += 3.0  # long after the swap: the LSTM-VAE must catch it
+    reg = CollectorRegistry()
+    det = base.create(c.detector, c.windows.length)
+    events = replay(c, det, data, registry=reg)
+    assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "a"}) == 1200
+    assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "b"}) == 1200
+    raised = [e for e in events if e.state == "raised" and e.sensor == "a"]
+    assert raised and raised[-1].detector == "lstm-vae"
+    assert 1.7e9 + 1000 <= raised[-1].ts <= 1.7e9 + 1040
