@@ -263,6 +263,12 @@ class EngineConfig(_Strict):
         200000, ge=100, description="Hand-off bound; past it the oldest readings are shed."
     )
     max_batch: int = Field(4096, ge=1, description="Most windows scored in one model call.")
+    drain_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, the longest the worker may go on scoring the readings it "
+        "already holds (they were acknowledged); keep it under systemd's TimeoutStopSec.",
+    )
     tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0: TF's).")
     tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0: TF's).")
 

@@ -162,10 +162,13 @@ class Daemon:
         self._worker.start()
         self.link.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking messages, score what was taken, publish, disconnect."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking messages, score what was taken (for up to ``engine.drain_timeout_s``
+        unless ``timeout`` is given), publish, disconnect."""
         if self._stop.is_set():
             return
+        if timeout is None:
+            timeout = self.cfg.engine.drain_timeout_s
         sdnotify.stopping()
         log.info("stopping: draining %d queued readings", len(self.handoff))
         self.link.accepting = False
@@ -178,7 +181,7 @@ class Daemon:
                 timeout,
                 len(self.handoff),
             )
-        self.link.stop(timeout)
+        self.link.stop(min(timeout, 5.0))
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
