@@ -76,9 +76,11 @@ class Detector(ABC):
 
     # -- model ----------------------------------------------------------------------------
 
-    @abstractmethod
     def fit(self, series: Mapping[str, np.ndarray]) -> None:
-        """Fit on normal data: one 1-D array of raw values per sensor, in time order."""
+        """Fit on normal data: one 1-D array of raw values per sensor, in time order. By
+        default each sensor is fitted on its own (:meth:`adapt`); shared models override."""
+        for sensor, values in series.items():
+            self.adapt(sensor, values)
 
     @abstractmethod
     def adapt(self, sensor: str, values: np.ndarray) -> None:
@@ -193,6 +195,15 @@ class Detector(ABC):
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         tmp.replace(path / MANIFEST)  # the manifest lands last: a half-written bundle won't load
         log.info("saved %s model to %s", self.name, path)
+
+
+def finite_values(sensor: str, values: np.ndarray, least: int = 2) -> np.ndarray:
+    """A series' finite values as 1-D float64; ValueError naming the sensor if too few."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < least:
+        raise ValueError(f"sensor {sensor!r}: need at least {least} values to fit, got {v.size}")
+    return v
 
 
 def config_hash(config: DetectorConfig, window: int) -> str:

@@ -9,12 +9,12 @@ into the daemon's per-reading path.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from streamwatch.detectors.base import Detector
+from streamwatch.detectors.base import Detector, finite_values
 from streamwatch.detectors.table import SensorTable
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -36,17 +36,9 @@ class GaussianDetector(Detector):
         super().__init__(config, window)
         self._table = SensorTable({"mu": ((), 0.0), "sigma": ((), 1.0)})
 
-    def fit(self, series: Mapping[str, np.ndarray]) -> None:
-        """Fit each sensor's Normal by maximum likelihood."""
-        for sensor, values in series.items():
-            self.adapt(sensor, values)
-
     def adapt(self, sensor: str, values: np.ndarray) -> None:
         """Fit one sensor's Normal from its warm-up values."""
-        v = np.asarray(values, dtype=np.float64).ravel()
-        v = v[np.isfinite(v)]
-        if v.size < 2:
-            raise ValueError(f"sensor {sensor!r}: need at least 2 values to fit, got {v.size}")
+        v = finite_values(sensor, values)
         with np.errstate(over="ignore", invalid="ignore"):
             mu = float(v.mean())
             sigma = max(float(v.std()), sigma_floor(mu))

@@ -22,13 +22,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from streamwatch.config import GMMConfig
-from streamwatch.detectors.base import Detector
+from streamwatch.detectors.base import Detector, finite_values
 from streamwatch.detectors.gaussian import sigma_floor
 from streamwatch.detectors.table import SensorTable
 
@@ -64,17 +64,9 @@ class GMMDetector(Detector):
 
     # -- fitting -------------------------------------------------------------------------
 
-    def fit(self, series: Mapping[str, np.ndarray]) -> None:
-        """Fit each sensor's mixture by maximum likelihood, its size chosen by BIC."""
-        for sensor, values in series.items():
-            self.adapt(sensor, values)
-
     def adapt(self, sensor: str, values: np.ndarray) -> None:
         """Fit one sensor's mixture from its values (warm-up or training data)."""
-        v = np.asarray(values, dtype=np.float64).ravel()
-        v = v[np.isfinite(v)]
-        if v.size < 2:
-            raise ValueError(f"sensor {sensor!r}: need at least 2 values to fit, got {v.size}")
+        v = finite_values(sensor, values)
         if v.size > _MAX_FIT_VALUES:
             v = v[np.linspace(0, v.size - 1, _MAX_FIT_VALUES).astype(np.intp)]
         mean = float(v.mean())
