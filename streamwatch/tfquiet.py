@@ -68,5 +68,7 @@ def import_tensorflow() -> None:
         import tensorflow as tf
         import tensorflow_probability  # noqa: F401
 
-        # The runtime starts (and probes for GPUs) on the first op: do that here too.
+        # The runtime starts (and probes for GPUs) on the first op, and oneDNN says once that
+        # it cannot do int32 on this CPU on the first int32 matmul: let both happen here.
         tf.add(tf.constant(1), 1)
+        tf.matmul(tf.ones((1, 1), tf.int32), tf.ones((1, 1), tf.int32))
