@@ -147,12 +147,7 @@ def daemon(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[int, Path]]:
             stderr=subprocess.STDOUT,
         )
     try:
-        ready = wait_until(
-            lambda: proc.poll() is not None or http_ok(f"http://127.0.0.1:{port}/readyz"),
-            timeout=90,
-            every=0.2,
-        )
-        assert ready and proc.poll() is None, f"daemon not ready:\n{_tail(log)}"
+        _await_ready(proc, f"http://127.0.0.1:{port}/readyz", 90, log, "daemon")
         yield port, log
     finally:
         _stop(proc)
@@ -266,15 +261,18 @@ def prometheus(prometheus_bin: str, daemon: tuple[int, Path], tmp_path: Path) ->
         )
     prom = Prom(port)
     try:
-        ok = wait_until(
-            lambda: proc.poll() is not None or http_ok(f"{prom.base}/-/ready"),
-            timeout=60,
-            every=0.2,
-        )
-        assert ok and proc.poll() is None, f"prometheus not ready:\n{_tail(log)}"
+        _await_ready(proc, f"{prom.base}/-/ready", 60, log, "prometheus")
         yield prom
     finally:
         _stop(proc)
+
+
+def _await_ready(
+    proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path, what: str
+) -> None:
+    """Wait until ``url`` answers 200; fail with the log's tail if ``proc`` dies or times out."""
+    ready = wait_until(lambda: proc.poll() is not None or http_ok(url), timeout, every=0.2)
+    assert ready and proc.poll() is None, f"{what} not ready:\n{_tail(log)}"
 
 
 def _has_data(res: dict[str, Any]) -> bool:
