@@ -76,21 +76,23 @@ class GMMDetector(Detector):
         log.debug(
             "sensor %s: BIC %s -> %d components", sensor, np.round(bic, 1).tolist(), weights.size
         )
-        self._set(sensor, weights, mean + std * loc, std * scale)
+        self._set(sensor, np.log(weights / weights.sum()), mean + std * loc, std * scale)
 
-    def _set(self, sensor: str, weights: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> None:
+    def _set(self, sensor: str, logw: np.ndarray, loc: np.ndarray, scale: np.ndarray) -> None:
+        """Store a mixture by its log-weights: the very numbers the scorer uses, so a bundle
+        round-trips them exactly (weights -> log -> exp -> log does not)."""
         k = self.cfg.max_components
-        n = weights.size
+        n = logw.size
         if not 1 <= n <= k or loc.shape != (n,) or scale.shape != (n,):
             raise ValueError(f"sensor {sensor!r}: need 1..{k} components of equal length")
         if not (np.all(np.isfinite(loc)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
             raise ValueError(f"sensor {sensor!r}: invalid loc/scale")
-        if not (np.all(weights > 0) and abs(float(weights.sum()) - 1.0) < 1e-6):
+        if not (np.all(np.isfinite(logw)) and abs(float(np.exp(logw).sum()) - 1.0) < 1e-6):
             raise ValueError(f"sensor {sensor!r}: weights must be positive and sum to 1")
         row_logw = np.full(k, -np.inf)
         row_loc = np.zeros(k)
         row_scale = np.ones(k)
-        row_logw[:n] = np.log(weights / weights.sum())
+        row_logw[:n] = logw
         row_loc[:n] = loc
         row_scale[:n] = scale
         self._table.set(sensor, logw=row_logw, loc=row_loc, scale=row_scale)
@@ -123,15 +125,20 @@ class GMMDetector(Detector):
     def _sensor_state(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for sensor in self._table:
-            w, loc, scale = self.params(sensor)
-            out[sensor] = {"weights": w.tolist(), "loc": loc.tolist(), "scale": scale.tolist()}
+            r, cols = self._table.row(sensor), self._table.cols
+            used = np.isfinite(cols["logw"][r])
+            out[sensor] = {
+                "log_weights": cols["logw"][r, used].tolist(),
+                "loc": cols["loc"][r, used].tolist(),
+                "scale": cols["scale"][r, used].tolist(),
+            }
         return out
 
     def _restore_sensor_state(self, state: dict[str, Any]) -> None:
         for sensor, p in state.items():
             self._set(
                 sensor,
-                np.asarray(p["weights"], dtype=np.float64),
+                np.asarray(p["log_weights"], dtype=np.float64),
                 np.asarray(p["loc"], dtype=np.float64),
                 np.asarray(p["scale"], dtype=np.float64),
             )
