@@ -707,7 +707,7 @@ def make_bundles(
 ) -> dict[str, Path]:
     """A trained bundle per detector, its one sensor's state copied to ``names[det]`` sensors."""
     from streamwatch.config import Config, LSTMVAEConfig
-    from streamwatch.train import fit_calibrated
+    from streamwatch.training import fit_calibrated
 
     out = {}
     g = np.arange(3000 if quick else 6000)
@@ -742,7 +742,7 @@ def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[
     from streamwatch.config import Config
     from streamwatch.detectors import base
     from streamwatch.replay import replay
-    from streamwatch.train import fit_calibrated
+    from streamwatch.training import fit_calibrated
 
     res: dict[str, Any] = {}
     n_sens, n_read = (20, 300) if quick else (200, 1000)

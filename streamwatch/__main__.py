@@ -2,6 +2,6 @@
 
 import sys
 
-from streamwatch.cli import main
+from streamwatch.commands import main
 
 sys.exit(main())

@@ -21,14 +21,15 @@ from wsgiref.simple_server import WSGIServer
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from streamwatch import httpd, sdnotify, tfquiet
-from streamwatch.alerts import RAISED, AlertEvent
+from streamwatch import sdnotify, tfquiet
 from streamwatch.config import Config
 from streamwatch.detectors import base
 from streamwatch.detectors.base import Detector
-from streamwatch.engine import Engine, Handoff
-from streamwatch.metrics import Metrics
-from streamwatch.mqtt import MQTTLink
+from streamwatch.ingest.mqtt import MQTTLink
+from streamwatch.outputs import httpd
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.alerts import RAISED, AlertEvent
+from streamwatch.pipeline.engine import Engine, Handoff
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def auto_model_dir(cfg: Config) -> Path | None:
 
 def train_in_place(cfg: Config, data: dict[str, np.ndarray]) -> Detector:
     """Fit and calibrate the configured detector on readings the engine collected."""
-    from streamwatch.train import fit_calibrated
+    from streamwatch.training import fit_calibrated
 
     series = {s: (np.arange(v.size, dtype=np.float64), v, None) for s, v in data.items()}
     return fit_calibrated(cfg, series, source="auto-train")

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from streamwatch.alerts import AlertEvent
 from streamwatch.config import Config
 from streamwatch.detectors.base import Detector
-from streamwatch.engine import Engine
-from streamwatch.metrics import Metrics
-from streamwatch.parse import Reading
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.alerts import AlertEvent
+from streamwatch.pipeline.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streamwatch.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
 
 
 def run(st: AlertState, verdicts: str) -> list[str | None]:

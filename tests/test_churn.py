@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors import base
-from streamwatch.engine import Engine
-from streamwatch.metrics import OTHER, Metrics
-from streamwatch.parse import Reading
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import OTHER, Metrics
+from streamwatch.pipeline.engine import Engine
 from tests.conftest import Mosquitto, Publisher, wait_until
 
 NOW = 1_763_900_000.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamwatch.cli import main
+from streamwatch.commands import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,7 @@ def test_missing_model_dir_exits_2(tmp_path: Path) -> None:
 def test_help_and_config_check_do_not_import_tensorflow() -> None:
     code = (
         "import sys\n"
-        "from streamwatch.cli import main\n"
+        "from streamwatch.commands import main\n"
         "from streamwatch import daemon, replay  # the Gaussian path\n"
         "for argv in (['check-config'], ['check-message', 'sensors/a', '1']):\n"
         "    main(argv)\n"

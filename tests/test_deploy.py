@@ -382,7 +382,7 @@ def test_example_config_commented_values_are_defaults_or_valid_examples() -> Non
 
 
 def test_example_config_passes_check_config_cli() -> None:
-    from streamwatch.cli import main
+    from streamwatch.commands import main
 
     assert main(["check-config", str(EXAMPLE)]) == 0
 
@@ -508,7 +508,8 @@ def test_ports_agree_across_dockerfile_compose_config_and_prometheus() -> None:
 
     # The config the container really runs with: its --config file (mapped back to this
     # checkout through the bind mounts) plus the command-line overrides.
-    from streamwatch.cli import build_parser, config_from_args
+    from streamwatch.commands import build_parser
+    from streamwatch.commands.common import config_from_args
 
     args = build_parser().parse_args(["run", *sw["command"]])
     binds = _binds(sw)

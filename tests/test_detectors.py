@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig
 from streamwatch.detectors import base
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
-from streamwatch.threshold import calibrate
+from streamwatch.pipeline.threshold import calibrate
 
 WINDOW = 20
 FAR = 1e-3

@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.config import Config, from_mapping
 from streamwatch.detectors import base
-from streamwatch.engine import Engine, Handoff
-from streamwatch.metrics import Metrics
-from streamwatch.parse import Reading
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.engine import Engine, Handoff
 from streamwatch.replay import merged, replay
 
 

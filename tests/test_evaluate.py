@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from simulators.generate import AnomalySpec, Event, simulate
-from streamwatch import baselines as bl
 from streamwatch.config import Config, from_mapping
-from streamwatch.evaluate import (
+from streamwatch.evaluation import baselines as bl
+from streamwatch.evaluation.evaluate import (
     Dataset,
     Run,
     alert_onsets,

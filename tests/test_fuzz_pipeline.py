@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streamwatch import parse
 from streamwatch.config import Config, from_mapping
 from streamwatch.detectors import base
-from streamwatch.engine import Engine, Handoff
+from streamwatch.ingest import parse
+from streamwatch.ingest.mqtt import MQTTLink
+from streamwatch.ingest.parse import Reading
 from streamwatch.logutil import RateLimited
-from streamwatch.metrics import Metrics
-from streamwatch.mqtt import MQTTLink
-from streamwatch.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.engine import Engine, Handoff
 
 NOW = time.time()
 FUZZ = settings(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamwatch.nab import (
+from streamwatch.evaluation.nab import (
     STANDARD_PROFILES,
     CostMatrix,
     load_corpus,

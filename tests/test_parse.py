@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamwatch import parse
 from streamwatch.config import PayloadConfig
-from streamwatch.parse import Reading
+from streamwatch.ingest import parse
+from streamwatch.ingest.parse import Reading
 
 NOW = 1_763_900_000.0
 CFG = PayloadConfig()

@@ -232,7 +232,8 @@ def test_cli_writes_files_and_help_explains_every_option(tmp_path: Path) -> None
             [
                 sys.executable,
                 "-c",
-                "import sys, streamwatch.cli as c; c.build_parser(); print(sorted(sys.modules))",
+                "import sys, streamwatch.commands as c; c.build_parser(); "
+                "print(sorted(sys.modules))",
             ],
             capture_output=True,
             text=True,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from streamwatch.threshold import CalibrationError, Thresholds, calibrate
+from streamwatch.pipeline.threshold import CalibrationError, Thresholds, calibrate
 
 
 def gaussian_nll(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from streamwatch.cli import EXIT_OK, EXIT_USAGE, main
+from streamwatch.commands import main
+from streamwatch.commands.common import EXIT_OK, EXIT_USAGE
 from streamwatch.dataset import DatasetError, read_csv
 from streamwatch.detectors import base
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamwatch import parse
-from streamwatch.windows import Windows
+from streamwatch.ingest import parse
+from streamwatch.pipeline.windows import Windows
 
 
 def make(length: int = 4, stride: int = 1, gap: float = 10.0, cap: int = 100) -> Windows:

@@ -3,7 +3,7 @@
 A detector turns a batch of windows (or single readings: windows of length 1) from many
 sensors into one score per row; a higher score is more anomalous (a negative
 log-likelihood). It does not decide what is anomalous: that is the threshold's job
-(:mod:`streamwatch.threshold`), though the calibrated thresholds travel in the bundle.
+(:mod:`streamwatch.pipeline.threshold`), though the calibrated thresholds travel in the bundle.
 
 Bundle layout (a directory, never a pickle)::
 
@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from streamwatch.config import DetectorConfig
-from streamwatch.threshold import Thresholds
+from streamwatch.pipeline.threshold import Thresholds
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import streamwatch.daemon as daemon_mod
-import streamwatch.mqtt as mqtt_mod
+import streamwatch.ingest.mqtt as mqtt_mod
 from streamwatch.config import Config, GaussianConfig, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors import base
-from streamwatch.parse import Reading
-from streamwatch.threshold import calibrate
+from streamwatch.ingest.parse import Reading
+from streamwatch.pipeline.threshold import calibrate
 from tests.conftest import Mosquitto, Publisher, free_port, wait_until
 
 MU, SIGMA = 20.0, 0.5

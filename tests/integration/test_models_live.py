@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
-from streamwatch.train import train
+from streamwatch.training import train
 from tests.conftest import (
     Collector,
     Mosquitto,

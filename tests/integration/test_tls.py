@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamwatch.cli import main
+from streamwatch.commands import main
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from tests.conftest import Mosquitto, free_port, wait_until

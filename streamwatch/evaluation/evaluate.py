@@ -2,7 +2,7 @@
 
 Our detector runs through :func:`streamwatch.replay.replay`, exactly the daemon's engine, at
 its shipped (calibrated) threshold; its alerts are the ``raised`` transitions. Each baseline
-(:mod:`streamwatch.baselines`) scores the same windows, gets its threshold by the same
+(:mod:`streamwatch.evaluation.baselines`) scores the same windows, gets its threshold by the same
 calibration rule at the same false-alarm rate, and goes through the same alert state
 machine. All of them are then scored the same way:
 
@@ -23,14 +23,11 @@ machine. All of them are then scored the same way:
 Everything is also given per anomaly kind (recall, delay, AUC-PR: precision has no kind).
 The first ``n_train`` readings of every sensor (the detector's warm-up) are training data:
 never scored, for any detector. On NAB data the training readings are the probationary
-period, and the NAB score (:mod:`streamwatch.nab`) is reported for its three profiles.
+period, and the NAB score (:mod:`streamwatch.evaluation.nab`) is reported for its three profiles.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import logging
 import math
 import time
@@ -42,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from simulators.generate import Event, Simulated
-from streamwatch.nab import STANDARD_PROFILES, CostMatrix, NabScore, score_alarms
+from streamwatch.evaluation.nab import STANDARD_PROFILES, CostMatrix, NabScore, score_alarms
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +222,7 @@ def alert_onsets(
 ) -> np.ndarray:
     """Times at which the daemon's alert state machine (k of n up; m down, after an off-delay
     of ``hold_s``) would raise."""
-    from streamwatch.alerts import RAISED, AlertState
+    from streamwatch.pipeline.alerts import RAISED, AlertState
 
     state = AlertState(k, n, m, hold_s)
     out = []
@@ -303,7 +300,7 @@ def from_simulated(sim: Simulated, name: str, n_train: int, tolerance_s: float) 
 
 def from_nab(root: Path, only: Sequence[str] = ()) -> Dataset:
     """A data set from NAB files: one sensor per series, the probation as training data."""
-    from streamwatch.nab import load_corpus
+    from streamwatch.evaluation.nab import load_corpus
 
     ts, value, label, n_train, rows = {}, {}, {}, {}, {}
     events: list[Event] = []
@@ -352,7 +349,7 @@ def run_streamwatch(cfg: Any, ds: Dataset, model_dir: Path | None = None) -> Run
             log.info(
                 "training %s on the first %d readings of %d sensors", name, warmup, len(sensors)
             )
-            from streamwatch.train import fit_calibrated
+            from streamwatch.training import fit_calibrated
 
             train = {s: (ds.ts[s][:warmup], ds.value[s][:warmup], None) for s in sensors}
             det = fit_calibrated(c, train, source=f"{ds.name} training readings")
@@ -384,8 +381,8 @@ def _reading_scores(det: Any, sensor: str, values: np.ndarray, batch: int) -> np
 
 def run_baseline(name: str, cfg: Any, ds: Dataset, seed: int = 0) -> Run:
     """Fit, calibrate and alert with one baseline, as the engine would with our detector."""
-    from streamwatch.baselines import score_series
-    from streamwatch.threshold import calibrate
+    from streamwatch.evaluation.baselines import score_series
+    from streamwatch.pipeline.threshold import calibrate
 
     t_begin = time.perf_counter()
     alerts: dict[str, np.ndarray] = {}
@@ -441,7 +438,7 @@ def evaluate(
     seed: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Run]]:
     """Run our detector and the baselines on one data set; return the results and the runs."""
-    from streamwatch.baselines import BaselineUnavailable
+    from streamwatch.evaluation.baselines import BaselineUnavailable
 
     runs: dict[str, Run] = {}
     skipped: dict[str, str] = {}
@@ -662,227 +659,3 @@ def plot(ds: Dataset, run: Run, sensor: str, path_prefix: Path) -> list[Path]:
 
 
 # -- command line -------------------------------------------------------------------------------
-
-
-_DESCRIPTION = """\
-Measure detection on labelled data: our detector replayed through the daemon's engine at
-its shipped threshold, beside classic baselines on the same windows and the same scoring.
-Writes report.md and report.json (and figures with --plot) to --out.
-"""
-
-_EPILOG = """\
-metrics: event recall (events with an alert within [start, end + tolerance]), alert
-precision (alerts that fall in an event), event F1, false alarms per 10,000 normal readings,
-mean detection delay, threshold-free AUC-PR from per-reading scores, all per anomaly kind
-too; on NAB data also the NAB score (standard, reward_low_FP_rate, reward_low_FN_rate).
-
-examples:
-  streamwatch simulate --sensors 8 --duration 14400 --seed 1 --csv sim.csv --events ev.csv
-  streamwatch evaluate --csv sim.csv --events ev.csv --plot --out eval/
-  streamwatch evaluate --simulate --nab ../shared/data/nab --plot --out eval/
-"""
-
-
-def add_parser(sub: Any) -> None:
-    """Register the ``evaluate`` subcommand."""
-    from streamwatch.baselines import ALL_BASELINES
-    from streamwatch.cli import add_config_args
-
-    p = sub.add_parser(
-        "evaluate",
-        help="measure detection on labelled data, beside baselines",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    g = p.add_argument_group("data (at least one)")
-    g.add_argument(
-        "--csv",
-        type=Path,
-        metavar="READINGS.csv",
-        help="labelled readings: timestamp,sensor,value,label (streamwatch simulate)",
-    )
-    g.add_argument(
-        "--events",
-        type=Path,
-        metavar="EVENTS.csv",
-        help="events for --csv: sensor,start,end,kind (default: from label runs)",
-    )
-    g.add_argument(
-        "--simulate",
-        action="store_true",
-        help="generate a simulator data set in memory (see --sensors ... --seed)",
-    )
-    g.add_argument(
-        "--nab",
-        type=Path,
-        metavar="DIR",
-        help="a NAB tree: DIR/data/<category>/<series>.csv and DIR/combined_windows.json",
-    )
-    g.add_argument(
-        "--nab-only",
-        action="append",
-        default=[],
-        metavar="SUBSTR",
-        help="only the NAB series whose name contains SUBSTR (repeatable)",
-    )
-    g = p.add_argument_group("--simulate data set")
-    g.add_argument("--sensors", type=int, default=8, help="sensors (default 8)")
-    g.add_argument(
-        "--duration",
-        type=float,
-        default=4 * 3600.0,
-        metavar="S",
-        help="seconds per sensor (default 14400)",
-    )
-    g.add_argument(
-        "--rate", type=float, default=1.0, metavar="HZ", help="readings per second (default 1)"
-    )
-    g.add_argument("--seed", type=int, default=1, help="simulator and baseline seed (default 1)")
-    g = p.add_argument_group("detectors")
-    add_config_args(p, daemon=False)
-    g.add_argument(
-        "--baselines",
-        default=",".join(ALL_BASELINES),
-        metavar="B1,B2",
-        help=f"comma-separated baselines, or 'none' (default: all: "
-        f"{', '.join(ALL_BASELINES)}; the scikit-learn ones need the eval extra)",
-    )
-    g = p.add_argument_group("scoring and output")
-    g.add_argument(
-        "--tolerance",
-        type=float,
-        default=None,
-        metavar="S",
-        help="alerts up to S seconds after an event's end still count for it "
-        "(default: one window of readings; 0 on NAB, whose windows are wide)",
-    )
-    g.add_argument(
-        "--out", type=Path, default=Path("eval-out"), help="output directory (default eval-out)"
-    )
-    g.add_argument(
-        "--plot",
-        action="store_true",
-        help="also write PNG figures for our detector (needs matplotlib)",
-    )
-    g.add_argument(
-        "--plot-sensor",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="sensor or NAB series to plot (repeatable; default: the first with events)",
-    )
-    p.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from simulators.generate import AnomalySpec, read_csv, simulate
-    from streamwatch.baselines import ALL_BASELINES
-    from streamwatch.cli import EXIT_OK, UsageError, config_from_args, setup_logging
-
-    cfg = config_from_args(args)
-    setup_logging(cfg.log_level)
-    if not (args.csv or args.simulate or args.nab):
-        raise UsageError("give --csv, --simulate or --nab (or several)")
-    names = (
-        []
-        if args.baselines == "none"
-        else [b.strip() for b in args.baselines.split(",") if b.strip()]
-    )
-    bad = [b for b in names if b not in ALL_BASELINES]
-    if bad:
-        raise UsageError(f"unknown baselines {bad}; choose from {', '.join(ALL_BASELINES)}")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'streamwatch[eval]'")
-    window = cfg.windows.length
-    n_train = max(cfg.detector.warmup, window + 20)
-    datasets: list[Dataset] = []
-    if args.csv:
-        if not args.csv.is_file():
-            raise UsageError(f"{args.csv}: no such file")
-        try:
-            sim = read_csv(args.csv, args.events)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"cannot read the data: {exc}") from None
-        datasets.append(
-            from_simulated(sim, args.csv.stem, n_train, _tolerance(args.tolerance, sim, window))
-        )
-    if args.simulate:
-        warmup_s = 1.2 * n_train / args.rate
-        sim = simulate(
-            args.sensors,
-            args.duration,
-            args.rate,
-            args.seed,
-            anomalies=AnomalySpec(),
-            warmup_s=warmup_s,
-        )
-        datasets.append(
-            from_simulated(sim, "simulated", n_train, _tolerance(args.tolerance, sim, window))
-        )
-    if args.nab:
-        if not (args.nab / "combined_windows.json").is_file():
-            raise UsageError(f"{args.nab}: no combined_windows.json (not a NAB tree?)")
-        ds = from_nab(args.nab, args.nab_only)
-        if args.tolerance is not None:
-            ds.tolerance_s = args.tolerance
-        datasets.append(ds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    figures: list[Path] = []
-    for ds in datasets:
-        res, runs = evaluate(cfg, ds, names, cfg.model_dir, args.seed)
-        results.append(res)
-        if args.plot:
-            ours = next(r for n, r in runs.items() if n.startswith(OURS))
-            wanted = [s for s in args.plot_sensor if s in ds.ts] or [
-                next((e.sensor for e in ds.events), ds.sensors[0])
-            ]
-            for s in wanted:
-                figures += plot(ds, ours, s, args.out / ds.name)
-    header = {
-        "detector": cfg.detector.type,
-        "window": window,
-        "false_alarm_rate": cfg.threshold.false_alarm_rate,
-        "alerts (k of n, clear m)": f"{cfg.alerts.raise_k} of {cfg.alerts.raise_n}, "
-        f"{cfg.alerts.clear_m}",
-        "seed": args.seed,
-        "model": _model_note(cfg.model_dir),
-    }
-    (args.out / "report.json").write_text(
-        json.dumps({"settings": header, "results": results}, indent=2), encoding="utf-8"
-    )
-    (args.out / "report.md").write_text(markdown(results, header), encoding="utf-8")
-    print(
-        f"wrote {args.out / 'report.md'} and report.json"
-        + (f" and {len(figures)} figures" if figures else "")
-    )
-    return EXIT_OK
-
-
-def _model_note(model_dir: Path | None) -> str:
-    """How our detector was trained, for the report header."""
-    if model_dir is None:
-        return "trained on each sensor's warm-up readings only (streamwatch.train.fit_calibrated)"
-    note = f"pre-trained bundle {model_dir}"
-    try:
-        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return note
-    trained = manifest.get("trained_on") if isinstance(manifest, dict) else None
-    if isinstance(trained, dict) and "readings" in trained:
-        note += (
-            f", trained on {trained['readings']} readings of {len(trained.get('sensors', []))} "
-            f"sensors from {trained.get('source')}; sensors it knows keep its thresholds"
-        )
-    return note
-
-
-def _tolerance(given: float | None, sim: Simulated, window: int) -> float:
-    """The given tolerance, or one window's worth of a sensor's sampling interval."""
-    if given is not None:
-        return given
-    steps = [
-        float(np.median(np.diff(t))) for t in (sim.series(s)[0] for s in sim.sensors) if t.size > 1
-    ]
-    return window * float(np.median(steps)) if steps else 0.0

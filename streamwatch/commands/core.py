@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamwatch.cli import (
+from streamwatch.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
@@ -23,7 +23,7 @@ from streamwatch.cli import (
 from streamwatch.config import Config, ConfigError, override
 
 if TYPE_CHECKING:
-    from streamwatch.alerts import AlertEvent
+    from streamwatch.pipeline.alerts import AlertEvent
 
 
 def add_parser(sub: Any) -> None:
@@ -90,7 +90,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _check_message(args: argparse.Namespace) -> int:
-    from streamwatch.parse import parse
+    from streamwatch.ingest.parse import parse
 
     cfg = config_from_args(args)
     out = parse(args.msg_topic, args.payload.encode("utf-8"), time.time(), cfg.payload)
@@ -181,7 +181,7 @@ def _demo_narration() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
     handler.addFilter(_NoAlertLines())
-    for name in ("streamwatch.daemon", "streamwatch.engine"):
+    for name in ("streamwatch.daemon", "streamwatch.pipeline.engine"):
         lg = logging.getLogger(name)
         lg.setLevel(logging.INFO)
         lg.addHandler(handler)

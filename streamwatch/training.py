@@ -1,4 +1,4 @@
-"""``streamwatch train``: fit a detector on a CSV of normal readings and save a model bundle.
+"""Training: fit a detector on normal readings, calibrate its thresholds, save a model bundle.
 
 Each sensor's series (only ``label == 0`` rows where the file has labels) is split in time:
 the first part trains the detector, the last :data:`CALIBRATION_FRACTION` is held out, and
@@ -11,16 +11,14 @@ for a shared model whose scores mean the same on every sensor, floors each senso
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamwatch.cli import EXIT_OK, UsageError, add_config_args, config_from_args, setup_logging
 from streamwatch.config import Config
 from streamwatch.dataset import Series
 
@@ -37,44 +35,6 @@ class TrainError(ValueError):
     """The data cannot train a model (too little of it, or nothing to calibrate on)."""
 
 
-def add_parser(sub: Any) -> None:
-    """Register the ``train`` subcommand."""
-    p = sub.add_parser(
-        "train",
-        help="fit a detector on a CSV of normal readings and save a model bundle",
-        description="Fit the configured detector on timestamp,sensor,value[,label] CSV data "
-        "(label == 0 rows only, if labelled), calibrate thresholds on held-out data, "
-        "and save the bundle to --model-dir.",
-    )
-    p.add_argument("--data", type=Path, required=True, metavar="IN.csv", help="readings CSV")
-    add_config_args(p, daemon=False)
-    p.set_defaults(handler=_handle)
-
-
-def _handle(args: argparse.Namespace) -> int:
-    from streamwatch import dataset
-
-    cfg = config_from_args(args)
-    setup_logging(cfg.log_level)
-    if cfg.model_dir is None:
-        raise UsageError("train needs --model-dir (or model_dir in the config)")
-    try:
-        data = dataset.read_csv(args.data)
-    except (OSError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        det = train(cfg, data, cfg.model_dir, source=str(args.data))
-    except TrainError as exc:
-        raise UsageError(str(exc)) from None
-    t = det.thresholds
-    print(
-        f"trained {det.name} on {det.trained_on['readings']} readings from "
-        f"{len(det.trained_on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
-        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
-    )
-    return EXIT_OK
-
-
 def train(
     cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
 ) -> Detector:
@@ -87,7 +47,7 @@ def train(
 def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Detector:
     """Fit the configured detector and calibrate its thresholds on held-out normal data."""
     from streamwatch.detectors import base
-    from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
+    from streamwatch.pipeline.threshold import MIN_SCORES, CalibrationError, calibrate
 
     det = base.create(cfg.detector, cfg.windows.length)
     far = cfg.threshold.false_alarm_rate

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streamwatch import parse
+from streamwatch.ingest import parse
 
 
 @dataclass(slots=True)

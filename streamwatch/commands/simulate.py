@@ -234,7 +234,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle ``streamwatch simulate``."""
     from simulators.generate import AnomalySpec, SensorSpec, simulate
-    from streamwatch.cli import EXIT_FAILURE, EXIT_OK, UsageError, setup_logging
+    from streamwatch.commands.common import EXIT_FAILURE, EXIT_OK, UsageError, setup_logging
 
     setup_logging(args.log_level)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _broker(url: str) -> tuple[str, int]:
-    from streamwatch.cli import UsageError
+    from streamwatch.commands.common import UsageError
 
     parts = urlsplit(url)
     if parts.scheme != "mqtt" or not parts.hostname:

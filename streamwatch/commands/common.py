@@ -1,37 +1,21 @@
-"""The ``streamwatch`` command: parse arguments, load config, call the library, map errors.
-
-Exit codes: 0 ok, 1 runtime failure, 2 bad config / bad usage / bad model bundle.
-Each subcommand lives in its own module, which exposes ``add_parser(subparsers)``; its
-handler is imported only when that subcommand runs, so ``--help`` and ``check-config`` never
-import TensorFlow.
-"""
+"""What every command shares: config flags, logging set-up, exit codes and UsageError."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from streamwatch.config import Config, ConfigError, load, override
+from streamwatch.config import Config, load, override
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-# Modules that contribute a subcommand through ``add_parser(subparsers)``.
-_COMMAND_MODULES = (
-    "streamwatch.commands",
-    "simulators.cli",
-    "streamwatch.evaluate",
-    "streamwatch.train",
-)
 
 
 def add_config_args(p: argparse.ArgumentParser, *, daemon: bool = True) -> None:
@@ -74,45 +58,5 @@ def setup_logging(level: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
-        prog="streamwatch",
-        description="Anomaly detection for MQTT sensor streams.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"config error: {line}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except _usage_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    from streamwatch.detectors.base import ModelError
-
-    return (ModelError, UsageError)
-
-
 class UsageError(Exception):
     """A user error outside the config file (bad file argument, bad flag combination)."""
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,9 +28,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig
+from streamwatch.ingest.parse import Reading, parse
 from streamwatch.logutil import RateLimited
-from streamwatch.metrics import Metrics
-from streamwatch.parse import Reading, parse
+from streamwatch.outputs.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)

@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from streamwatch.alerts import RAISED, AlertEvent, AlertState
 from streamwatch.config import Config
 from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.ingest.parse import Reading
 from streamwatch.logutil import RateLimited
-from streamwatch.metrics import Metrics, SensorSeries
-from streamwatch.parse import Reading
-from streamwatch.threshold import MIN_SCORES, CalibrationError, calibrate
-from streamwatch.windows import Windows
+from streamwatch.outputs.metrics import Metrics, SensorSeries
+from streamwatch.pipeline.alerts import RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.threshold import MIN_SCORES, CalibrationError, calibrate
+from streamwatch.pipeline.windows import Windows
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)  # per-sensor warnings that hostile data could repeat endlessly

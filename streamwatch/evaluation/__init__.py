@@ -1,0 +1,1 @@
+"""Detection figures on labelled data: scoring maths, data adapters, baselines, reports."""

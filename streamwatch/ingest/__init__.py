@@ -1,0 +1,1 @@
+"""Bytes in, readings out: the pure payload decoder and the MQTT link that feeds it."""

@@ -1,0 +1,1 @@
+"""The worker's stages: window, score (through a detector), calibrate, alert."""
