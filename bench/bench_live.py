@@ -707,6 +707,7 @@ def make_bundles(
 ) -> dict[str, Path]:
     """A trained bundle per detector, its one sensor's state copied to ``names[det]`` sensors."""
     from streamwatch.config import Config, LSTMVAEConfig
+    from streamwatch.detectors import bundle
     from streamwatch.training import fit_calibrated
 
     out = {}
@@ -723,12 +724,12 @@ def make_bundles(
             detector |= {"steps": 100 if quick else 300}
         cfg = Config.model_validate({"detector": detector, "windows": {"length": WINDOW}})
         model = fit_calibrated(cfg, data, source="bench_live")
-        state = model._sensor_state()["s0"]
-        model._restore_sensor_state({f"s{i}": state for i in range(n)})
+        state = model.detector._sensor_state()["s0"]
+        model.detector._restore_sensor_state({f"s{i}": state for i in range(n)})
         thr = model.thresholds.per_sensor["s0"]
         model.thresholds.per_sensor = {f"s{i}": thr for i in range(n)}
         path = workdir / f"bundle-{det}"
-        model.save(path)
+        bundle.save(model, path)
         out[det] = path
         log(f"bundle {det}: {n} sensors, threshold {thr:.2f}, {time.perf_counter() - t0:.1f}s")
     return out
@@ -740,13 +741,14 @@ def make_bundles(
 def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """LSTM-VAE replay vs the raw batched model call; Gaussian replay; naive per-window calls."""
     from streamwatch.config import Config
-    from streamwatch.detectors import base
+    from streamwatch.detectors import bundle as bundles
     from streamwatch.replay import replay
     from streamwatch.training import fit_calibrated
 
     res: dict[str, Any] = {}
     n_sens, n_read = (20, 300) if quick else (200, 1000)
-    det = base.load(bundle)
+    model = bundles.load(bundle)
+    det: Any = model.detector
     det.warm_up()
     cfg = Config.model_validate(
         {"detector": det.config.model_dump(), "windows": {"length": WINDOW, "stride": 1}}
@@ -757,8 +759,8 @@ def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[
     # The raw batched call on the same windows: standardised up front, chunks of max_batch.
     x = np.concatenate([det.windows_of(v) for _, v in series.values()])
     names = [s for s, (_, v) in series.items() for _ in range(len(v) - WINDOW + 1)]
-    z = det._standardise(names, x)  # type: ignore[attr-defined]
-    fn = det._nets["shared"].scorer(False)  # type: ignore[attr-defined]
+    z = det._standardise(names, x)
+    fn = det._nets["shared"].scorer(False)
     cap = det.max_batch
     chunks = [z[i : i + cap] for i in range(0, len(z), cap)]
     chunks[-1] = np.concatenate([chunks[-1], np.zeros((cap - len(chunks[-1]), WINDOW), np.float32)])
@@ -768,7 +770,7 @@ def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[
             fn(c)[0].numpy()
 
     def rep() -> None:
-        replay(cfg, det, series)
+        replay(cfg, model, series)
 
     raw()
     reps = 1 if quick else 3
@@ -791,7 +793,7 @@ def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[
     )
 
     # Naive: the bare Keras model, one eager call per window.
-    vae = det._nets["shared"].vae  # type: ignore[attr-defined]
+    vae = det._nets["shared"].vae
     few = z[: 8 if quick else 32, :, None]
     vae(few[:1])
     t0 = time.perf_counter()

@@ -81,6 +81,7 @@ def start_daemon(
         'client_id = "streamwatch-soak"\n'
         "[detector]\n"
         'type = "gaussian"\n'
+        "[learning]\n"
         f"warmup = {warmup}\n"
         "[threshold]\n"
         "false_alarm_rate = 1e-5\n"

@@ -210,10 +210,25 @@ class AlertConfig(_Strict):
         return self
 
 
+_MOVED_TO_LEARNING = ("warmup", "auto_train", "auto_train_readings")
+
+
 class _DetectorBase(_Strict):
-    warmup: int = Field(
-        500, ge=10, description="Readings a sensor without a model collects before scoring."
-    )
+    """A model's hyper-parameters: what shapes a trained model, saved and hashed in its
+    bundle. How the daemon learns and when (warm-up, auto-training) is runtime policy, in
+    :class:`LearningConfig`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in _MOVED_TO_LEARNING if k in data]
+            if moved:
+                raise ValueError(
+                    f"{', '.join(moved)} moved to the [learning] section "
+                    f"(learning.{moved[0]}); it is runtime policy, not a model setting"
+                )
+        return data
 
 
 class GaussianConfig(_DetectorBase):
@@ -246,14 +261,27 @@ class LSTMVAEConfig(_DetectorBase):
     validation_split: float = Field(0.2, gt=0, lt=0.9)
     latent_samples: int = Field(1, ge=1, le=64, description="Samples averaged per score.")
     shared: bool = Field(True, description="One model for all sensors (per-sensor scaling).")
-    auto_train: bool = Field(True, description="Train in the background once data suffices.")
-    auto_train_readings: int = Field(
-        2000, ge=100, description="Readings per sensor before auto-training starts."
-    )
-    seed: int = 0
+    seed: int = Field(0, description="Seeds weight initialisation, batch order and sampling.")
 
 
 DetectorConfig = Annotated[GaussianConfig | GMMConfig | LSTMVAEConfig, Field(discriminator="type")]
+
+
+class LearningConfig(_Strict):
+    """Runtime policy for learning: when a sensor is learned and scored, and whether the
+    daemon trains a model itself. Not saved in model bundles."""
+
+    warmup: int = Field(
+        500, ge=10, description="Readings a sensor without a model collects before scoring."
+    )
+    auto_train: bool = Field(
+        True,
+        description="Window detectors without model_dir: train in the background once data "
+        "suffices (a Gaussian scores meanwhile).",
+    )
+    auto_train_readings: int = Field(
+        2000, ge=100, description="Readings per sensor before auto-training starts."
+    )
 
 
 class EngineConfig(_Strict):
@@ -316,6 +344,7 @@ class Config(_Strict):
     payload: PayloadConfig = PayloadConfig()
     windows: WindowConfig = WindowConfig()
     detector: DetectorConfig = LSTMVAEConfig()
+    learning: LearningConfig = LearningConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     alerts: AlertConfig = AlertConfig()
     engine: EngineConfig = EngineConfig()

@@ -23,13 +23,15 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch import sdnotify, tfquiet
 from streamwatch.config import Config
-from streamwatch.detectors import base
-from streamwatch.detectors.base import Detector
+from streamwatch.detectors import bundle
+from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.outputs import httpd
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import RAISED, AlertEvent
-from streamwatch.pipeline.engine import Engine, Handoff
+from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.handoff import Handoff
+from streamwatch.training import train_in_place
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +51,27 @@ def prepare_tensorflow(cfg: Config) -> None:
         tfquiet.import_tensorflow()
 
 
-def build_detector(cfg: Config) -> tuple[Detector, str]:
+def build_model(cfg: Config) -> tuple[Model, str]:
     """Load ``cfg.model_dir`` if set (ModelError if unusable), else an auto-trained model
-    kept in the state directory, else a fresh detector."""
+    kept in the state directory, else a fresh detector. Returns the model and its source."""
     prepare_tensorflow(cfg)
     if cfg.model_dir is not None:
-        return base.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
+        return bundle.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
     auto = auto_model_dir(cfg)
-    if auto is not None and (auto / base.MANIFEST).exists():
+    if auto is not None and (auto / bundle.MANIFEST).exists():
         try:
-            det = base.load(auto, expect=cfg.detector)
-            if det.config == cfg.detector:
-                return det, str(auto)
+            model = bundle.load(auto, expect=cfg.detector)
+            if model.detector.config == cfg.detector:
+                return model, str(auto)
             log.info("auto-trained model in %s has other settings; training afresh", auto)
-        except base.ModelError as exc:
+        except bundle.ModelError as exc:
             log.warning("ignoring the auto-trained model: %s", exc)
-    det = base.create(cfg.detector, cfg.windows.length)
-    det.thresholds.false_alarm_rate = cfg.threshold.false_alarm_rate
-    return det, "online"
+    return bundle.fresh(cfg.detector, cfg.windows.length, cfg.threshold.false_alarm_rate), "online"
 
 
 def auto_model_dir(cfg: Config) -> Path | None:
     """Where a model trained by the daemon itself is kept (under ``state_dir``)."""
     return cfg.state_dir / "model" if cfg.state_dir else None
-
-
-def train_in_place(cfg: Config, data: dict[str, np.ndarray]) -> Detector:
-    """Fit and calibrate the configured detector on readings the engine collected."""
-    from streamwatch.training import fit_calibrated
-
-    series = {s: (np.arange(v.size, dtype=np.float64), v, None) for s, v in data.items()}
-    return fit_calibrated(cfg, series, source="auto-train")
 
 
 class Daemon:
@@ -98,20 +90,18 @@ class Daemon:
         self.handoff = Handoff(cfg.engine.queue_readings)
         # The link first: a missing secret or TLS file is reported before the model loads.
         self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
-        detector, source = build_detector(cfg)
-        self.metrics.set_model(
-            detector.name, base.config_hash(detector.config, detector.window), source
-        )
+        model, source = build_model(cfg)
+        self.metrics.set_model(model.name, model.hyper_hash, source)
+        self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
         self.engine = Engine(
             cfg,
-            detector,
+            model,
             self.metrics,
             self._publish_event,
             on_training_data=self._train_in_background,
             background_fits=True,
+            raised=self._load_alert_state(),
         )
-        self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
-        self.engine.raised = self._load_alert_state()
         self.metrics.gauges_fn = self._gauges
         self.http: WSGIServer | None = None
         self.heartbeat = time.time()
@@ -222,18 +212,16 @@ class Daemon:
         with self._reloading:
             sdnotify.reloading()
             try:
-                det = base.load(self.cfg.model_dir, expect=self.cfg.detector)
-            except base.ModelError as exc:
+                model = bundle.load(self.cfg.model_dir, expect=self.cfg.detector)
+            except bundle.ModelError as exc:
                 log.error("reload failed, keeping the current model: %s", exc)
                 return False
             finally:
                 sdnotify.ready()
             with tfquiet.filtered_native_stderr():
-                det.warm_up()
-            self.engine.request_swap(det)
-            self.metrics.set_model(
-                det.name, base.config_hash(det.config, det.window), str(self.cfg.model_dir)
-            )
+                model.detector.warm_up()
+            self.engine.request_swap(model)
+            self.metrics.set_model(model.name, model.hyper_hash, str(self.cfg.model_dir))
             log.info("reloaded model from %s", self.cfg.model_dir)
             return True
 
@@ -243,27 +231,25 @@ class Daemon:
         def run() -> None:
             started = time.monotonic()
             try:
-                det = train_in_place(self.cfg, data)
+                model = train_in_place(self.cfg, data)
             except Exception:
                 log.exception("background training failed; the stand-in detector carries on")
                 return
             auto = auto_model_dir(self.cfg)
             if auto is not None:
                 try:
-                    det.save(auto)
+                    bundle.save(model, auto)
                 except OSError as exc:
                     log.warning("cannot keep the trained model in %s: %s", auto, exc)
             with tfquiet.filtered_native_stderr():
-                det.warm_up()
-            self.engine.request_swap(det)
+                model.detector.warm_up()
+            self.engine.request_swap(model)
             self.metrics.set_model(
-                det.name,
-                base.config_hash(det.config, det.window),
-                str(auto) if auto else "auto-train",
+                model.name, model.hyper_hash, str(auto) if auto else "auto-train"
             )
             log.info(
                 "trained %s on %d sensors in %.0fs; swapping it in",
-                det.name,
+                model.name,
                 len(data),
                 time.monotonic() - started,
             )
@@ -282,14 +268,13 @@ class Daemon:
         log.info("resuming %d raised alert(s) from %s", len(raised), self.state_file)
         return raised
 
-    def _save_alert_state(self) -> None:
-        self.engine.raised_changed = False
+    def _save_alert_state(self, raised: dict[str, str]) -> None:
         if self.state_file is None:
             return
         tmp = self.state_file.with_suffix(".tmp")
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"raised": self.engine.raised}), encoding="utf-8")
+            tmp.write_text(json.dumps({"raised": raised}), encoding="utf-8")
             tmp.replace(self.state_file)
         except OSError as exc:
             log.error("cannot save alert state to %s: %s", self.state_file, exc)
@@ -311,8 +296,8 @@ class Daemon:
                         self.engine.process(items)
                     except Exception:
                         log.exception("error processing %d messages; carrying on", len(items))
-                    if self.engine.raised_changed:
-                        self._save_alert_state()
+                    if (raised := self.engine.raised_changes()) is not None:
+                        self._save_alert_state(raised)
                 now = time.time()
                 self.heartbeat = now
                 if now >= next_watchdog:

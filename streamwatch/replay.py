@@ -17,11 +17,12 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from streamwatch.config import Config
-from streamwatch.detectors.base import Detector
+from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Reading
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import AlertEvent
 from streamwatch.pipeline.engine import Engine
+from streamwatch.training import train_in_place
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def merged(series: Series, size: Callable[[], int] = lambda: CHUNK) -> Iterator[
 
 
 def replay(
-    cfg: Config, detector: Detector, series: Series, registry: CollectorRegistry | None = None
+    cfg: Config, model: Model, series: Series, registry: CollectorRegistry | None = None
 ) -> list[AlertEvent]:
     """Run the readings through a fresh engine; return every alert transition in order."""
     events: list[AlertEvent] = []
@@ -63,11 +64,9 @@ def replay(
     engine: Engine
 
     def train_inline(data: dict[str, np.ndarray]) -> None:
-        from streamwatch.daemon import train_in_place
-
         engine.request_swap(train_in_place(cfg, data))
 
-    engine = Engine(cfg, detector, metrics, events.append, on_training_data=train_inline)
+    engine = Engine(cfg, model, metrics, events.append, on_training_data=train_inline)
     # While a model is being trained in, small chunks let the swap land as promptly as it
     # does in the daemon, whose batches are small.
     for chunk in merged(series, lambda: LEARNING_CHUNK if engine.learning else CHUNK):

@@ -15,15 +15,15 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamwatch.config import Config
 from streamwatch.dataset import Series
-
-if TYPE_CHECKING:
-    from streamwatch.detectors.base import Detector
+from streamwatch.detectors import bundle
+from streamwatch.detectors.base import create
+from streamwatch.detectors.bundle import Model
+from streamwatch.pipeline.threshold import MIN_SCORES, CalibrationError, calibrate_all
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,23 @@ class TrainError(ValueError):
 
 def train(
     cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
-) -> Detector:
-    """Fit, calibrate and save; returns the trained detector."""
-    det = fit_calibrated(cfg, data, source)
-    det.save(model_dir)
-    return det
+) -> Model:
+    """Fit, calibrate and save; returns the trained model."""
+    model = fit_calibrated(cfg, data, source)
+    bundle.save(model, model_dir)
+    return model
 
 
-def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Detector:
+def train_in_place(cfg: Config, data: Mapping[str, np.ndarray]) -> Model:
+    """Fit and calibrate the configured detector on readings the engine collected (the
+    daemon's auto-training and replay's)."""
+    series = {s: (np.arange(v.size, dtype=np.float64), v, None) for s, v in data.items()}
+    return fit_calibrated(cfg, series, source="auto-train")
+
+
+def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Model:
     """Fit the configured detector and calibrate its thresholds on held-out normal data."""
-    from streamwatch.detectors import base
-    from streamwatch.pipeline.threshold import MIN_SCORES, CalibrationError, calibrate
-
-    det = base.create(cfg.detector, cfg.windows.length)
+    det = create(cfg.detector, cfg.windows.length)
     far = cfg.threshold.false_alarm_rate
     min_cal = det.window - 1 + MIN_SCORES
     min_fit = max(2 * det.window + 2, 10)
@@ -57,6 +61,7 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
     cal_part: dict[str, np.ndarray] = {}
     stamps: list[np.ndarray] = []
     dropped = 0
+    skipped: dict[str, str] = {}
     for sensor, (ts, values, labels) in data.items():
         if labels is not None:
             normal = labels == 0
@@ -64,6 +69,7 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
             ts, values = ts[normal], values[normal]
         n_cal = max(round(values.size * CALIBRATION_FRACTION), min_cal)
         if values.size - n_cal < min_fit:
+            skipped[sensor] = f"{values.size} normal readings, need {n_cal + min_fit}"
             log.warning(
                 "sensor %s: %d normal readings are too few to train and calibrate on; skipped",
                 sensor,
@@ -84,33 +90,23 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
         raise TrainError(str(exc)) from None
     log.info("fitted in %.1fs; calibrating thresholds at %g", time.monotonic() - started, far)
 
-    det.thresholds.false_alarm_rate = far
-    det.thresholds.per_sensor = {}
-    pooled: list[np.ndarray] = []
-    for sensor, values in cal_part.items():
-        x = det.windows_of(values)
-        scores = det.score([sensor] * len(x), x)
-        pooled.append(scores)
-        try:
-            det.thresholds.per_sensor[sensor] = calibrate(scores, far)
-        except CalibrationError as exc:
-            log.warning("sensor %s: no threshold of its own: %s", sensor, exc)
+    held_out = {s: det.score_series(s, v) for s, v in cal_part.items()}
     try:
-        det.thresholds.pooled = calibrate(np.concatenate(pooled), far)
+        thresholds, failed = calibrate_all(held_out, far, det.comparable_scores)
     except CalibrationError as exc:
         raise TrainError(f"cannot calibrate the pooled threshold: {exc}") from None
-    det.thresholds.per_sensor = {
-        s: det.sensor_threshold(t) for s, t in det.thresholds.per_sensor.items()
-    }
+    for sensor, why in failed.items():
+        log.warning("sensor %s: no threshold of its own: %s", sensor, why)
 
     all_ts = np.concatenate(stamps)
-    det.trained_on = {
+    trained_on = {
         "sensors": sorted(fit_part),
         "readings": int(sum(v.size for v in (*fit_part.values(), *cal_part.values()))),
         "calibration_readings": int(sum(v.size for v in cal_part.values())),
         "anomalous_rows_dropped": dropped,
+        "skipped_sensors": skipped,
         "first_ts": float(all_ts.min()),
         "last_ts": float(all_ts.max()),
         "source": source,
     }
-    return det
+    return Model(det, thresholds, trained_on)

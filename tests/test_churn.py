@@ -23,10 +23,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors import base
+from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Reading
 from streamwatch.outputs.metrics import OTHER, Metrics
 from streamwatch.pipeline.engine import Engine
-from tests.conftest import Mosquitto, Publisher, wait_until
+from streamwatch.pipeline.lifecycle import SCORED
+from streamwatch.pipeline.threshold import Thresholds
+from tests.helpers import Mosquitto, Publisher, fresh_model, wait_until
 
 NOW = 1_763_900_000.0
 _LABEL = re.compile(r'sensor="((?:[^"\\]|\\.)*)"')
@@ -35,7 +38,8 @@ _LABEL = re.compile(r'sensor="((?:[^"\\]|\\.)*)"')
 def _cfg(max_sensors: int, max_labels: int, warmup: int = 20) -> Config:
     return from_mapping(
         {
-            "detector": {"type": "gaussian", "warmup": warmup},
+            "detector": {"type": "gaussian"},
+            "learning": {"warmup": warmup},
             "windows": {"max_sensors": max_sensors},
             "metrics": {"max_sensor_labels": max_labels},
         }
@@ -47,8 +51,9 @@ class _Rig:
         self.cfg = cfg
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, cfg.metrics.max_sensor_labels)
-        self.det = base.create(cfg.detector, cfg.windows.length)
-        self.engine = Engine(cfg, self.det, self.metrics, lambda ev: None)
+        self.model = fresh_model(cfg)
+        self.det = self.model.detector
+        self.engine = Engine(cfg, self.model, self.metrics, lambda ev: None)
 
     def feed(self, sensors: Iterator[str] | list[str], per_sensor: int = 1) -> None:
         items = [
@@ -116,7 +121,7 @@ def test_churning_sensors_that_warm_up_free_what_was_learned() -> None:
     for start in range(0, 6000, 300):
         rig.feed([f"s{k}" for k in range(start, start + 300)], per_sensor=20)
         learned = rig.det._table  # type: ignore[attr-defined]
-        assert len(learned) <= cap and len(rig.det.thresholds.per_sensor) <= cap
+        assert len(learned) <= cap and len(rig.model.thresholds.per_sensor) <= cap
     assert rig.evicted() == 6000 - cap
     # Slots are reused: at most the tracked sensors plus those one batch brought in (freed at
     # the end of that batch), never one per sensor ever seen.
@@ -133,10 +138,10 @@ def test_trained_sensors_survive_eviction() -> None:
     det = base.create(cfg.detector, 1)
     rng = np.random.default_rng(0)
     det.fit({s: rng.normal(20.0, 0.5, 500) for s in ("a", "b", "c")})
-    det.thresholds.pooled = 12.0
     rig = _Rig(cfg)
+    rig.model = Model(det, Thresholds(1e-5, pooled=12.0))
     rig.det = det
-    rig.engine = Engine(cfg, det, rig.metrics, lambda ev: None)
+    rig.engine = Engine(cfg, rig.model, rig.metrics, lambda ev: None)
     rig.feed(["a", "b", "c", "a"])
     assert rig.evicted() == 2 and all(det.knows(s) for s in "abc")
     assert rig.engine.warming == 0
@@ -152,7 +157,7 @@ def test_sensor_evicted_and_back_within_one_batch_keeps_its_state() -> None:
     rig.engine.process(items, now=NOW)
     tracked = set(rig.engine.windows.sensors)
     for s in tracked:
-        if rig.engine.windows.sensors[s].state.warm is None:
+        if rig.engine.windows.sensors[s].state.phase == SCORED:
             assert rig.det.knows(s)
     rig.engine.process([([Reading(s, NOW - 100, 20.0)], NOW) for s in tracked], now=NOW)
 
@@ -165,7 +170,8 @@ def test_topic_churn_through_mosquitto(mosquitto: Mosquitto) -> None:
     cfg = from_mapping(
         {
             "mqtt": {"broker": mosquitto.url, "client_id": f"sw-churn-{mosquitto.port}"},
-            "detector": {"type": "gaussian", "warmup": 20},
+            "detector": {"type": "gaussian"},
+            "learning": {"warmup": 20},
             "windows": {"max_sensors": cap},
             "metrics": {"host": "127.0.0.1", "port": 0, "max_sensor_labels": labels},
         }
@@ -206,6 +212,5 @@ def test_lstm_vae_forgets_an_online_sensors_standardisation() -> None:
 
     det = base.create(LSTMVAEConfig(), 20)
     det.install_state({"x": {"mean": 1.0, "std": 2.0, "model": "shared"}})
-    det.thresholds.per_sensor["x"] = 5.0
     det.forget("x")
-    assert det._sensor_state() == {} and "x" not in det.thresholds.per_sensor
+    assert det._sensor_state() == {}

@@ -46,10 +46,10 @@ def test_check_message(capsys) -> None:
 
 def test_run_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[detector]\ntype = 'gaussian'\nwarmup = -1\n")
+    cfg.write_text("[detector]\ntype = 'gaussian'\n[learning]\nwarmup = -1\n")
     r = run("run", "--config", str(cfg))
     assert r.returncode == 2
-    assert "detector.warmup" in r.stderr and "Traceback" not in r.stderr
+    assert "learning.warmup" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_missing_model_dir_exits_2(tmp_path: Path) -> None:

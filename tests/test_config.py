@@ -58,9 +58,9 @@ def test_file_errors(tmp_path: Path) -> None:
 
 
 def test_overrides_revalidate_and_switch_detector_defaults() -> None:
-    c = from_mapping({"detector": {"type": "gaussian", "warmup": 50}})
+    c = from_mapping({"detector": {"type": "gaussian"}, "learning": {"warmup": 50}})
     o = override(c, {"detector.type": "lstm-vae", "mqtt.topics": ["a/#", "b/+"]})
-    assert o.detector.type == "lstm-vae" and o.detector.warmup == 500
+    assert o.detector.type == "lstm-vae" and o.learning.warmup == 50
     assert o.mqtt.topics == ["a/#", "b/+"]
     with pytest.raises(ConfigError, match=r"mqtt\.broker"):
         override(c, {"mqtt.broker": "nope"})

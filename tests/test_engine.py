@@ -10,12 +10,18 @@ from streamwatch.config import Config, from_mapping
 from streamwatch.detectors import base
 from streamwatch.ingest.parse import Reading
 from streamwatch.outputs.metrics import Metrics
-from streamwatch.pipeline.engine import Engine, Handoff
+from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.handoff import Handoff
 from streamwatch.replay import merged, replay
+from tests.helpers import fresh_model
 
 
 def cfg(**sections: dict) -> Config:
-    data: dict = {"detector": {"type": "gaussian", "warmup": 500}, "alerts": {"clear_m": 5}}
+    data: dict = {
+        "detector": {"type": "gaussian"},
+        "learning": {"warmup": 500},
+        "alerts": {"clear_m": 5},
+    }
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
     return from_mapping(data)
@@ -32,20 +38,20 @@ def series(n: int = 2000, spikes: tuple[int, ...] = (1500,), seed: int = 0) -> t
 
 def test_warm_up_then_spike_raises_and_clears() -> None:
     c = cfg()
-    det = base.create(c.detector, c.windows.length)
-    events = replay(c, det, {"a": series(), "b": series(spikes=(), seed=1)})
+    model = fresh_model(c)
+    events = replay(c, model, {"a": series(), "b": series(spikes=(), seed=1)})
     assert [(e.sensor, e.state) for e in events] == [("a", "raised"), ("a", "cleared")]
     raised = events[0]
     assert raised.ts == 1_700_000_000.0 + 1500
     assert raised.score > raised.threshold
-    assert det.knows("a") and det.knows("b")
+    assert model.detector.knows("a") and model.detector.knows("b")
 
 
 def test_replay_is_deterministic() -> None:
     c = cfg()
     data = {"a": series(spikes=(400, 900, 1600)), "b": series(seed=3)}
-    one = replay(c, base.create(c.detector, 20), data)
-    two = replay(c, base.create(c.detector, 20), data)
+    one = replay(c, fresh_model(c), data)
+    two = replay(c, fresh_model(c), data)
     assert [(e.sensor, e.state, e.ts, e.score) for e in one] == [
         (e.sensor, e.state, e.ts, e.score) for e in two
     ]
@@ -55,7 +61,7 @@ def test_no_scoring_during_warm_up_and_metrics_show_it() -> None:
     c = cfg()
     reg = CollectorRegistry()
     m = Metrics(reg)
-    eng = Engine(c, base.create(c.detector, 20), m, lambda ev: None)
+    eng = Engine(c, fresh_model(c), m, lambda ev: None)
     rows = [Reading("a", 1000.0 + i, float(i % 3)) for i in range(450)]
     assert eng.process([(rows, 0.0)], now=2000.0) == []
     assert reg.get_sample_value("streamwatch_sensor_warming", {"sensor": "a"}) == 1
@@ -73,7 +79,7 @@ def test_no_scoring_during_warm_up_and_metrics_show_it() -> None:
 def test_out_of_order_and_gap_are_counted() -> None:
     c = cfg(windows={"max_gap_s": 5.0})
     reg = CollectorRegistry()
-    eng = Engine(c, base.create(c.detector, 20), Metrics(reg), lambda ev: None)
+    eng = Engine(c, fresh_model(c), Metrics(reg), lambda ev: None)
     rows = [Reading("a", t, 1.0) for t in (1.0, 2.0, 2.0, 1.5, 100.0)]
     eng.process([(rows, 0.0)], now=100.0)
     assert (
@@ -86,7 +92,7 @@ def test_out_of_order_and_gap_are_counted() -> None:
 def test_label_cap_sends_the_rest_to_other() -> None:
     c = cfg(metrics={"max_sensor_labels": 2})
     reg = CollectorRegistry()
-    eng = Engine(c, base.create(c.detector, 20), Metrics(reg, 2), lambda ev: None)
+    eng = Engine(c, fresh_model(c), Metrics(reg, 2), lambda ev: None)
     rows = [Reading(f"s{i}", 1.0, 1.0) for i in range(5)]
     eng.process([(rows, 0.0)], now=1.0)
     assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "s0"}) == 1
@@ -97,7 +103,7 @@ def test_label_cap_sends_the_rest_to_other() -> None:
 def test_eviction_is_counted_and_frees_labels() -> None:
     c = cfg(windows={"max_sensors": 10})
     reg = CollectorRegistry()
-    eng = Engine(c, base.create(c.detector, 20), Metrics(reg), lambda ev: None)
+    eng = Engine(c, fresh_model(c), Metrics(reg), lambda ev: None)
     eng.process([([Reading(f"s{i}", 1.0, 1.0) for i in range(25)], 0.0)], now=1.0)
     assert reg.get_sample_value("streamwatch_sensors_evicted_total") == 15
     assert reg.get_sample_value("streamwatch_sensors_tracked") is None  # daemon-provided gauge
@@ -114,9 +120,9 @@ def test_eviction_is_counted_and_frees_labels() -> None:
 def test_batched_scoring_matches_one_at_a_time() -> None:
     c = cfg(engine={"max_batch": 7})
     data = {f"s{i}": series(n=900, spikes=(800,), seed=i) for i in range(5)}
-    big = replay(c, base.create(c.detector, 20), data)
+    big = replay(c, fresh_model(c), data)
     c1 = cfg(engine={"max_batch": 1})
-    small = replay(c1, base.create(c1.detector, 20), data)
+    small = replay(c1, fresh_model(c1), data)
     assert [(e.sensor, e.state, e.ts) for e in big] == [(e.sensor, e.state, e.ts) for e in small]
     assert {e.sensor for e in big if e.state == "raised"} == set(data)
 
@@ -151,17 +157,15 @@ def test_engine_never_sees_non_finite(bad: float) -> None:
 
 
 def test_slow_fits_run_in_the_background_and_are_adopted_between_batches() -> None:
-    c = from_mapping({"detector": {"type": "gmm", "warmup": 300, "steps": 50}})
+    c = from_mapping({"learning": {"warmup": 300}, "detector": {"type": "gmm", "steps": 50}})
     reg = CollectorRegistry()
-    eng = Engine(
-        c, base.create(c.detector, 20), Metrics(reg), lambda ev: None, background_fits=True
-    )
+    eng = Engine(c, fresh_model(c), Metrics(reg), lambda ev: None, background_fits=True)
     rng = np.random.default_rng(2)
     vals = np.where(rng.random(400) < 0.5, 0.0, 10.0) + rng.normal(0, 0.3, 400)
     rows = [Reading("two-state", 1.0 + i, float(v)) for i, v in enumerate(vals[:300])]
     eng.process([(rows, 0.0)], now=400.0)
     assert eng.detector.knows("two-state") is False  # fitting on the fitter thread
-    assert eng._fits and eng._fits[0][3].result(timeout=120)
+    assert eng.lifecycle._fits and eng.lifecycle._fits[0][3].result(timeout=120)
     more = [Reading("two-state", 301.0 + i, float(v)) for i, v in enumerate(vals[300:])]
     eng.process([(more, 0.0)], now=500.0)  # adopts the fit, then scores these readings
     assert eng.detector.knows("two-state")
@@ -177,13 +181,12 @@ def test_auto_training_swaps_in_the_lstm_vae_mid_stream_without_losing_readings(
         {
             "detector": {
                 "type": "lstm-vae",
-                "warmup": 100,
-                "auto_train_readings": 300,
                 "hidden": 4,
                 "latent": 2,
                 "epochs": 2,
                 "min_steps": 0,
             },
+            "learning": {"warmup": 100, "auto_train_readings": 300},
             "windows": {"length": 10},
         }
     )
@@ -195,8 +198,7 @@ def test_auto_training_swaps_in_the_lstm_vae_mid_stream_without_losing_readings(
     }
     data["a"][1][1000:1040] += 3.0  # long after the swap: the LSTM-VAE must catch it
     reg = CollectorRegistry()
-    det = base.create(c.detector, c.windows.length)
-    events = replay(c, det, data, registry=reg)
+    events = replay(c, fresh_model(c), data, registry=reg)
     assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "a"}) == 1200
     assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "b"}) == 1200
     raised = [e for e in events if e.state == "raised" and e.sensor == "a"]

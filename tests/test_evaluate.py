@@ -146,7 +146,7 @@ def test_sklearn_baselines_skip_with_a_clear_message(monkeypatch: pytest.MonkeyP
 
 
 def _cfg() -> Config:
-    return from_mapping({"detector": {"type": "gaussian", "warmup": 300}})
+    return from_mapping({"detector": {"type": "gaussian"}, "learning": {"warmup": 300}})
 
 
 def _small_sim() -> Dataset:

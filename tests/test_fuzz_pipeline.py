@@ -24,13 +24,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from streamwatch.config import Config, from_mapping
-from streamwatch.detectors import base
 from streamwatch.ingest import parse
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
-from streamwatch.pipeline.engine import Engine, Handoff
+from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.handoff import Handoff
+from tests.helpers import fresh_model
 
 NOW = time.time()
 FUZZ = settings(
@@ -43,7 +44,8 @@ FUZZ = settings(
 
 def _cfg(**over: Any) -> Config:
     data: dict[str, Any] = {
-        "detector": {"type": "gaussian", "warmup": 10},
+        "detector": {"type": "gaussian"},
+        "learning": {"warmup": 10},
         "threshold": {"false_alarm_rate": 1e-3},
         "windows": {"max_sensors": 50},
         "metrics": {"max_sensor_labels": 20},
@@ -73,8 +75,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry, self.cfg.metrics.max_sensor_labels)
         self.handoff = Handoff(self.cfg.engine.queue_readings)
-        det = base.create(self.cfg.detector, self.cfg.windows.length)
-        self.engine = Engine(self.cfg, det, self.metrics, lambda ev: None)
+        self.engine = Engine(self.cfg, fresh_model(self.cfg), self.metrics, lambda ev: None)
         self.link = MQTTLink(self.cfg.mqtt, self.cfg.payload, self.metrics, self.handoff.put)
         self.client = _AckRecorder()
         self.mid = 0

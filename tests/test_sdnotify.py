@@ -124,7 +124,7 @@ def test_daemon_speaks_the_notify_protocol(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import Mosquitto, free_port
+    from tests.helpers import Mosquitto, free_port
 
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         pytest.fail("mosquitto binary not found: .ci/run installs it (apt-get install mosquitto)")

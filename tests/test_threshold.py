@@ -6,8 +6,22 @@ import math
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
-from streamwatch.pipeline.threshold import CalibrationError, Thresholds, calibrate
+from streamwatch.config import Config, GaussianConfig, from_mapping
+from streamwatch.detectors.bundle import Model
+from streamwatch.detectors.gaussian import GaussianDetector
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.threshold import (
+    CalibrationError,
+    Thresholds,
+    calibrate,
+    calibrate_all,
+    sensor_threshold,
+)
+from streamwatch.training import fit_calibrated
 
 
 def gaussian_nll(x: np.ndarray) -> np.ndarray:
@@ -59,3 +73,59 @@ def test_thresholds_round_trip_and_pooled_fallback() -> None:
     assert back == t
     assert back.get("a") == 1.5 and back.get("zzz") == 2.5
     assert Thresholds(1e-4).get("a") is None
+
+
+# -- one calibration policy: train, warm-up (and adaptation) ---------------------------------
+
+
+class _SharedGaussian(GaussianDetector):
+    """A Gaussian whose scores claim to be comparable across sensors (as a shared model's
+    are), so the pooled floor applies."""
+
+    comparable_scores = True  # type: ignore[assignment]
+
+
+def _warm_up_threshold(cfg: Config, model: Model, sensor: str, values: np.ndarray) -> float:
+    """The threshold the engine's warm-up gives ``sensor`` after exactly ``values``."""
+    eng = Engine(cfg, model, Metrics(CollectorRegistry()), lambda ev: None)
+    rows = [Reading(sensor, 1000.0 + i, float(v)) for i, v in enumerate(values)]
+    eng.process([(rows, 0.0)], now=1000.0 + len(rows))
+    st = eng.windows.sensors[sensor].state
+    assert st is not None and st.threshold is not None
+    return st.threshold
+
+
+def test_train_and_warm_up_give_the_same_threshold_for_the_same_scores() -> None:
+    rng = np.random.default_rng(3)
+    data = {
+        s: (np.arange(2000.0), rng.normal(5.0, 1.0 + k, 2000), None) for k, s in enumerate("ab")
+    }
+    cfg = from_mapping({"detector": {"type": "gaussian"}, "learning": {"warmup": 500}})
+    trained = fit_calibrated(cfg, data)
+    held_out = data["a"][1][-500:]  # what train calibrated sensor a on (the last 25 %)
+    # The same detector warms sensor a up on those very readings, with no threshold for it
+    # (and no pooled one, which would serve it at once).
+    model = Model(trained.detector, Thresholds(1e-5))
+    assert _warm_up_threshold(cfg, model, "a", held_out) == trained.thresholds.per_sensor["a"]
+
+
+def test_pooled_floor_applies_alike_in_train_and_warm_up_for_comparable_scores() -> None:
+    rng = np.random.default_rng(4)
+    det = _SharedGaussian(GaussianConfig(), 1)
+    det.fit({s: rng.normal(0.0, 1.0, 1000) for s in "ab"})
+    held = {"a": rng.normal(0.0, 1.0, 300), "b": rng.normal(0.0, 3.0, 300)}  # b: wider tail
+    thresholds, failed = calibrate_all(
+        {s: det.score_series(s, v) for s, v in held.items()}, 1e-5, comparable=True
+    )
+    assert not failed and thresholds.pooled is not None
+    assert thresholds.per_sensor["a"] == thresholds.pooled  # floored
+    # A sensor the model does not know warms up: adapted, then calibrated under the same floor.
+    cfg = from_mapping({"detector": {"type": "gaussian"}, "learning": {"warmup": 300}})
+    warm = Model(det, Thresholds(1e-5, pooled=thresholds.pooled))
+    new = rng.normal(0.0, 1.0, 300)
+    got = _warm_up_threshold(cfg, warm, "c", new)
+    assert got == sensor_threshold(det.score_series("c", new), 1e-5, thresholds.pooled, True)
+    assert got >= thresholds.pooled
+    own = calibrate(det.score_series("a", held["a"]), 1e-5)
+    assert sensor_threshold(det.score_series("a", held["a"]), 1e-5, 99.0, False) == own
+    assert sensor_threshold(det.score_series("a", held["a"]), 1e-5, 99.0, True) == 99.0

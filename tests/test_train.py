@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from streamwatch.commands import main
 from streamwatch.commands.common import EXIT_OK, EXIT_USAGE
 from streamwatch.dataset import DatasetError, read_csv
-from streamwatch.detectors import base
+from streamwatch.detectors import bundle
 
 T0 = 1_700_000_000.0
 
@@ -39,19 +39,20 @@ def test_train_gaussian_bundle_loads_with_thresholds(tmp_path: Path) -> None:
     model = tmp_path / "model"
     rc = main(["train", "--data", str(data), "--model-dir", str(model), "--detector", "gaussian"])
     assert rc == EXIT_OK
-    det = base.load(model)
+    m = bundle.load(model)
+    det, thr = m.detector, m.thresholds
     assert det.name == "gaussian"
-    assert set(det.thresholds.per_sensor) == {"pump", "fan"}
-    assert det.thresholds.pooled is not None
-    on = det.trained_on
+    assert set(thr.per_sensor) == {"pump", "fan"}
+    assert thr.pooled is not None
+    on = m.trained_on
     assert on["sensors"] == ["fan", "pump"]
     assert on["readings"] == 2 * 350  # the labelled rows are not trained on
     assert on["anomalous_rows_dropped"] == 2 * 50
     assert on["first_ts"] == T0 and on["last_ts"] == T0 + 349
     # Thresholds come from held-out normal data: normal readings rarely cross them.
     x = np.sin(2 * np.pi * np.arange(200) / 25)[:, None]
-    assert (det.score(["pump"] * 200, x) > det.thresholds.get("pump")).mean() < 0.05
-    assert det.score(["pump"], np.array([[100.0]]))[0] > det.thresholds.get("pump")
+    assert (det.score(["pump"] * 200, x) > thr.get("pump")).mean() < 0.05
+    assert det.score(["pump"], np.array([[100.0]]))[0] > thr.get("pump")
 
 
 def test_train_lstm_vae_with_config_file(tmp_path: Path) -> None:
@@ -66,10 +67,11 @@ def test_train_lstm_vae_with_config_file(tmp_path: Path) -> None:
     assert (
         main(["train", "--data", str(data), "--model-dir", str(model), "--config", str(conf)]) == 0
     )
-    manifest = json.loads((model / base.MANIFEST).read_text())
+    manifest = json.loads((model / bundle.MANIFEST).read_text())
     assert manifest["window"] == 10 and "shared.weights.h5" in manifest["files"]
-    det = base.load(model)
-    assert det.trained and set(det.thresholds.per_sensor) == {"pump", "fan"}
+    assert "warmup" not in manifest["hyper"] and "auto_train" not in manifest["hyper"]
+    m = bundle.load(model)
+    assert m.detector.trained and set(m.thresholds.per_sensor) == {"pump", "fan"}
 
 
 def test_train_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,15 +121,14 @@ def test_read_csv_errors_name_file_and_line(tmp_path: Path, body: str, message: 
     assert message in str(err.value)
 
 
-def test_pooled_threshold_floors_sensor_thresholds_only_for_a_shared_model() -> None:
-    from streamwatch.config import GaussianConfig, LSTMVAEConfig
-    from streamwatch.detectors.base import create
-
-    shared = create(LSTMVAEConfig(shared=True), 20)
-    own = create(LSTMVAEConfig(shared=False), 20)
-    gauss = create(GaussianConfig(), 20)
-    for det in (shared, own, gauss):
-        det.thresholds.pooled = 7.0
-    assert shared.sensor_threshold(4.6) == 7.0 and shared.sensor_threshold(9.0) == 9.0
-    assert own.sensor_threshold(4.6) == 4.6
-    assert gauss.sensor_threshold(4.6) == 4.6
+def test_train_skips_a_sensor_with_too_few_readings(tmp_path: Path) -> None:
+    """One short sensor is reported and skipped; the others are trained (not a whole abort)."""
+    data = write_csv(tmp_path / "in.csv", n=400)
+    with data.open("a") as f:
+        f.writelines(f"{T0 + i},short,{i % 3}.0,0,x\n" for i in range(15))
+    model_dir = tmp_path / "model"
+    rc = main(["train", "--data", str(data), "--model-dir", str(model_dir), "--detector", "gmm"])
+    assert rc == EXIT_OK
+    model = bundle.load(model_dir)
+    assert set(model.thresholds.per_sensor) == {"pump", "fan"}
+    assert "short" in model.trained_on["skipped_sensors"]

@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from streamwatch import dataset, replay
-    from streamwatch.daemon import build_detector
+    from streamwatch.daemon import build_model
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
@@ -126,9 +126,9 @@ def _replay(args: argparse.Namespace) -> int:
         data = dataset.read_csv(args.data)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    detector, _ = build_detector(cfg)
+    model, _ = build_model(cfg)
     series = {s: (ts, v) for s, (ts, v, _labels) in data.items()}
-    events = replay.replay(cfg, detector, series)
+    events = replay.replay(cfg, model, series)
     replay.write_jsonl(events, args.alerts_out)
     raised = sum(ev.state == "raised" for ev in events)
     print(
@@ -160,10 +160,10 @@ def _announce(events: list[Any], stop: threading.Event) -> None:
 
 
 def _demo_plan(cfg: Config, rate: float) -> str:
-    warm = cfg.detector.warmup
+    warm = cfg.learning.warmup
     plan = f"{cfg.detector.type}: each sensor warms up on {warm} readings (~{warm / rate:.0f} s)"
     if cfg.detector.type == "lstm-vae" and cfg.model_dir is None:
-        n = getattr(cfg.detector, "auto_train_readings", 0)
+        n = cfg.learning.auto_train_readings
         plan = (
             f"gaussian first ({warm} readings of warm-up, ~{warm / rate:.0f} s); the LSTM-VAE "
             f"trains in the background after {n} readings (~{n / rate:.0f} s) and takes over"
@@ -208,12 +208,14 @@ def _demo(args: argparse.Namespace) -> int:
         "metrics.port": args.metrics_port,
     }
     if cfg.detector.type == "lstm-vae":
-        demo_settings["detector.auto_train_readings"] = args.train_after
+        demo_settings["learning.auto_train_readings"] = args.train_after
     cfg = override(cfg, demo_settings)
     daemon = Daemon(cfg, on_alert=_print_alert)
     daemon.start()
     stop = threading.Event()
-    learn = max(cfg.detector.warmup, getattr(cfg.detector, "auto_train_readings", 0))
+    learn = cfg.learning.warmup
+    if cfg.detector.type == "lstm-vae":
+        learn = max(learn, cfg.learning.auto_train_readings)
     warm_s = learn / args.rate + 5.0  # no anomaly while the detector learns what normal is
 
     def feed() -> None:

@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("--plot needs matplotlib: pip install 'streamwatch[eval]'")
     window = cfg.windows.length
-    n_train = max(cfg.detector.warmup, window + 20)
+    n_train = max(cfg.learning.warmup, window + 20)
     datasets: list[Dataset] = []
     if args.csv:
         if not args.csv.is_file():

@@ -42,13 +42,16 @@ def _handle(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     try:
-        det = train(cfg, data, cfg.model_dir, source=str(args.data))
+        model = train(cfg, data, cfg.model_dir, source=str(args.data))
     except TrainError as exc:
         raise UsageError(str(exc)) from None
-    t = det.thresholds
+    t, on = model.thresholds, model.trained_on
+    skipped = on.get("skipped_sensors") or {}
+    if skipped:
+        print(f"skipped {len(skipped)} sensors with too few readings: {', '.join(sorted(skipped))}")
     print(
-        f"trained {det.name} on {det.trained_on['readings']} readings from "
-        f"{len(det.trained_on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
+        f"trained {model.name} on {on['readings']} readings from "
+        f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
         f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
     )
     return EXIT_OK

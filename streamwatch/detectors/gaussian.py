@@ -53,7 +53,6 @@ class GaussianDetector(Detector):
 
     def forget(self, sensor: str) -> None:
         """Free the sensor's Normal (its row is reused by the next new sensor)."""
-        super().forget(sensor)
         self._table.forget(sensor)
 
     def knows(self, sensor: str) -> bool:

@@ -99,7 +99,6 @@ class GMMDetector(Detector):
 
     def forget(self, sensor: str) -> None:
         """Free the sensor's mixture (its row is reused by the next new sensor)."""
-        super().forget(sensor)
         self._table.forget(sensor)
 
     # -- scoring -------------------------------------------------------------------------

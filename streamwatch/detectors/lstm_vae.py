@@ -236,7 +236,6 @@ class LSTMVAEDetector(Detector):
 
     def forget(self, sensor: str) -> None:
         """Drop a sensor's online-learned standardisation (the weights stay)."""
-        super().forget(sensor)
         self._norm.pop(sensor, None)
         self._model_of.pop(sensor, None)
 

@@ -330,8 +330,9 @@ class Run:
 
 def run_streamwatch(cfg: Any, ds: Dataset, model_dir: Path | None = None) -> Run:
     """Replay the data set through the daemon's engine with the configured detector."""
-    from streamwatch.detectors.base import create, load
+    from streamwatch.detectors import bundle
     from streamwatch.replay import replay
+    from streamwatch.training import fit_calibrated
 
     t_begin = time.perf_counter()
     alerts: dict[str, np.ndarray] = {}
@@ -342,24 +343,25 @@ def run_streamwatch(cfg: Any, ds: Dataset, model_dir: Path | None = None) -> Run
         groups.setdefault(ds.n_train[s], []).append(s)
     name = f"{OURS}:{cfg.detector.type}"
     for warmup, sensors in sorted(groups.items()):
-        detector_cfg = cfg.detector.model_copy(update={"warmup": max(10, warmup)})
-        c = cfg.model_copy(update={"detector": detector_cfg})
-        det = load(model_dir, c.detector) if model_dir else create(c.detector, c.windows.length)
-        if not det.trained:
+        learning = cfg.learning.model_copy(update={"warmup": max(10, warmup)})
+        c = cfg.model_copy(update={"learning": learning})
+        if model_dir:
+            model = bundle.load(model_dir, c.detector)
+        else:
+            model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
+        if not model.detector.trained:
             log.info(
                 "training %s on the first %d readings of %d sensors", name, warmup, len(sensors)
             )
-            from streamwatch.training import fit_calibrated
-
             train = {s: (ds.ts[s][:warmup], ds.value[s][:warmup], None) for s in sensors}
-            det = fit_calibrated(c, train, source=f"{ds.name} training readings")
-        transitions = replay(c, det, {s: (ds.ts[s], ds.value[s]) for s in sensors})
+            model = fit_calibrated(c, train, source=f"{ds.name} training readings")
+        transitions = replay(c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors})
         for s in sensors:
             alerts[s] = np.asarray(
                 [e.ts for e in transitions if e.sensor == s and e.state == "raised"]
             )
-            threshold[s] = det.thresholds.get(s)
-            score[s] = _reading_scores(det, s, ds.value[s], c.engine.max_batch)
+            threshold[s] = model.thresholds.get(s)
+            score[s] = _reading_scores(model.detector, s, ds.value[s], c.engine.max_batch)
             score[s][:warmup] = np.nan  # the engine scores nothing while warming up
     return Run(name, alerts, score, threshold, time.perf_counter() - t_begin)
 

@@ -24,6 +24,7 @@ more cautious threshold, and the margin fades as data grow.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,3 +102,46 @@ class Thresholds:
             {str(k): float(v) for k, v in per.items()},
             None if pooled is None else float(pooled),  # type: ignore[arg-type]
         )
+
+
+# -- the calibration policy: one function for train, warm-up and adaptation ------------------
+
+
+def sensor_threshold(
+    scores: np.ndarray, false_alarm_rate: float, pooled: float | None, comparable: bool
+) -> float:
+    """One sensor's threshold from its normal scores.
+
+    The one calibration policy: ``streamwatch train``, the daemon's warm-up and auto-training
+    all set a sensor's threshold here. Its own scores are calibrated at the false-alarm rate;
+    where scores are ``comparable`` across sensors (one shared model on standardised data)
+    the model's ``pooled`` threshold, calibrated on every sensor's scores together, is a floor
+    under it: one sensor's few hundred calibration scores can put its threshold far too low,
+    and a floor costs no recall when anomalies score far above. Raises
+    :class:`CalibrationError`.
+    """
+    own = calibrate(scores, false_alarm_rate)
+    if comparable and pooled is not None:
+        return max(own, pooled)
+    return own
+
+
+def calibrate_all(
+    scores: Mapping[str, np.ndarray], false_alarm_rate: float, comparable: bool
+) -> tuple[Thresholds, dict[str, str]]:
+    """Thresholds for a model from each sensor's held-out normal scores: the pooled one over
+    all of them, then each sensor's by :func:`sensor_threshold`. Returns the thresholds and,
+    for each sensor left without one of its own, why. Raises :class:`CalibrationError` if
+    not even the pooled threshold can be set."""
+    thresholds = Thresholds(false_alarm_rate)
+    every = [s for s in scores.values() if len(s)]
+    thresholds.pooled = calibrate(np.concatenate(every) if every else np.empty(0), false_alarm_rate)
+    failed: dict[str, str] = {}
+    for sensor, s in scores.items():
+        try:
+            thresholds.per_sensor[sensor] = sensor_threshold(
+                s, false_alarm_rate, thresholds.pooled, comparable
+            )
+        except CalibrationError as exc:
+            failed[sensor] = str(exc)
+    return thresholds, failed

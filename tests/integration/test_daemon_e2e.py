@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
-from tests.conftest import (
+from tests.helpers import (
     Collector,
     Mosquitto,
     Publisher,
@@ -43,7 +43,8 @@ ALERT_FIELDS = {
 def _cfg(broker: Mosquitto, **extra: dict) -> Config:
     data: dict[str, dict] = {
         "mqtt": {"broker": broker.url, "client_id": f"sw-test-{broker.port}"},
-        "detector": {"type": "gaussian", "warmup": 200},
+        "detector": {"type": "gaussian"},
+        "learning": {"warmup": 200},
         "alerts": {"raise_k": 2, "raise_n": 3, "clear_m": 5},
         "threshold": {"false_alarm_rate": 1e-4},
         "metrics": {"host": "127.0.0.1", "port": 0},
@@ -120,7 +121,7 @@ def test_anomaly_raises_then_clears_with_every_field(mosquitto: Mosquitto) -> No
 
 
 def test_restart_loses_no_reading(mosquitto: Mosquitto) -> None:
-    cfg = _cfg(mosquitto, detector={"warmup": 50})
+    cfg = _cfg(mosquitto, learning={"warmup": 50})
     t0 = time.time() - 3000
     first = Daemon(cfg, registry=CollectorRegistry())
     first.start()

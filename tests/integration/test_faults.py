@@ -35,7 +35,7 @@ from streamwatch.daemon import Daemon
 from streamwatch.detectors import base
 from streamwatch.ingest.parse import Reading
 from streamwatch.pipeline.threshold import calibrate
-from tests.conftest import Mosquitto, Publisher, free_port, wait_until
+from tests.helpers import Mosquitto, Publisher, free_port, wait_until
 
 MU, SIGMA = 20.0, 0.5
 """Every sensor in these tests reads N(20, 0.5²) when normal; 35 is a 30-sigma anomaly."""
@@ -65,7 +65,8 @@ def config(broker: Mosquitto, model_dir: Path | None = None, **sections: Any) ->
             "reconnect_min_s": 0.2,
             "reconnect_max_s": 1.0,
         },
-        "detector": {"type": "gaussian", "warmup": 10},
+        "detector": {"type": "gaussian"},
+        "learning": {"warmup": 10},
         "alerts": {"raise_k": 1, "raise_n": 1, "clear_m": 5, "clear_hold_s": 0.0},
         "metrics": {"host": "127.0.0.1", "port": 0},
     }

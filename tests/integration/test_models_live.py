@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.training import train
-from tests.conftest import (
+from tests.helpers import (
     Collector,
     Mosquitto,
     Publisher,

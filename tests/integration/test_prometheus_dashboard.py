@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import Mosquitto, Publisher, free_port, http_get, http_ok, wait_until
+from tests.helpers import Mosquitto, Publisher, free_port, http_get, http_ok, wait_until
 from tests.test_deploy import (
     PROM,
     dashboard_targets,
@@ -128,7 +128,7 @@ def daemon(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     cfg = tmp_path / "streamwatch.toml"
     cfg.write_text(
         f'[mqtt]\nclient_id = "sw-promtest-{mosquitto.port}"\n'
-        '[detector]\ntype = "gaussian"\nwarmup = 100\n'
+        '[detector]\ntype = "gaussian"\n[learning]\nwarmup = 100\n'
         '[metrics]\nhost = "127.0.0.1"\n'
     )
     log = tmp_path / "daemon.log"

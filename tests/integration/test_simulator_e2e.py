@@ -18,7 +18,7 @@ from streamwatch.daemon import Daemon
 from streamwatch.detectors.base import create
 from streamwatch.evaluation.evaluate import event_scores
 from streamwatch.replay import replay
-from tests.conftest import Collector, Mosquitto, wait_until
+from tests.helpers import Collector, Mosquitto, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,8 @@ def test_simulated_stream_alerts_match_labels_and_offline_replay(mosquitto: Mosq
     cfg = from_mapping(
         {
             "mqtt": {"broker": mosquitto.url, "client_id": f"sw-sim-{mosquitto.port}"},
-            "detector": {"type": "gaussian", "warmup": 300},
+            "detector": {"type": "gaussian"},
+            "learning": {"warmup": 300},
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )

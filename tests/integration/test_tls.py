@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from streamwatch.commands import main
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
-from tests.conftest import Mosquitto, free_port, wait_until
+from tests.helpers import Mosquitto, free_port, wait_until
 
 USER = "sw-daemon"
 PASSWORD = "Tr0ub4dor&3-not-in-logs"
@@ -188,7 +188,8 @@ def _cfg(port: int, pki: PKI, *, host: str = "127.0.0.1", **mqtt_extra: Any) -> 
     return from_mapping(
         {
             "mqtt": mq,
-            "detector": {"type": "gaussian", "warmup": 20},
+            "detector": {"type": "gaussian"},
+            "learning": {"warmup": 20},
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )

@@ -1,0 +1,306 @@
+"""A sensor's life in the engine, from its first reading to being scored, and the model it
+is scored with.
+
+Every sensor is in one phase:
+
+- **warming**: the model does not know it yet; it collects ``learning.warmup`` readings, then
+  the detector adapts to it (fits its Normal, learns its normalisation) and its threshold is
+  calibrated from those readings' scores by the one calibration policy
+  (:func:`streamwatch.pipeline.threshold.sensor_threshold`);
+- **fitting**: a slow fit (the GMM's) runs on the fitter thread, adopted between batches;
+- **scored**: it has a threshold and its windows are scored.
+
+:meth:`SensorLifecycle.mark_scored` is the one way into the scored phase, and
+:meth:`SensorLifecycle.mark_warming` the one way back (a model swap that does not know the
+sensor), so the count of warming sensors and each sensor's metrics cannot drift apart.
+
+Auto-training: a window detector with no trained model (and ``learning.auto_train`` on) is
+stood in for by a Gaussian, which scores as soon as warm-up ends. Meanwhile every sensor's
+readings are collected; once one sensor has ``learning.auto_train_readings``, the collected
+series go to the ``on_training_data`` hook (the daemon trains in a background thread,
+replay inline), and the trained model comes back through the engine's swap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamwatch.config import Config, GaussianConfig
+from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.detectors.bundle import Model
+from streamwatch.logutil import RateLimited
+from streamwatch.outputs.metrics import Metrics, SensorSeries
+from streamwatch.pipeline.alerts import AlertState
+from streamwatch.pipeline.threshold import (
+    MIN_SCORES,
+    CalibrationError,
+    Thresholds,
+    sensor_threshold,
+)
+
+log = logging.getLogger(__name__)
+_limited = RateLimited(log)  # per-sensor warnings that hostile data could repeat endlessly
+
+WARMING = "warming"
+FITTING = "fitting"
+SCORED = "scored"
+
+
+@dataclass(slots=True)
+class SensorState:
+    """What the engine keeps per sensor beside its window buffer."""
+
+    alert: AlertState
+    series: SensorSeries
+    threshold: float | None = None
+    phase: str = WARMING
+    warm: list[float] = field(default_factory=list)
+    """Warm-up readings (empty once scored)."""
+
+
+class SensorLifecycle:
+    """Owns the model in use and every sensor's way to being scored (worker thread only)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: Model,
+        metrics: Metrics,
+        on_training_data: Callable[[dict[str, np.ndarray]], None] | None = None,
+        background_fits: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.warming = 0
+        """Sensors tracked and not yet scored."""
+        self.on_training_data = on_training_data
+        self.background_fits = background_fits
+        """Fit slow per-sensor models off the worker thread (the daemon); replay fits inline
+        so that it stays deterministic."""
+        self._learned: set[str] = set()
+        """Sensors whose detector state was learned here, online: freed when evicted."""
+        self._pool: ThreadPoolExecutor | None = None
+        self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
+        self._collect: dict[str, list[float]] | None = None
+        if needs_stand_in(model, cfg) and on_training_data is not None:
+            self._collect = {}
+            log.info(
+                "no trained %s model: a Gaussian stands in until one is trained on %d "
+                "readings per sensor",
+                model.name,
+                cfg.learning.auto_train_readings,
+            )
+            model = stand_in(cfg)
+        model.detector.max_batch = cfg.engine.max_batch
+        self.model = model
+
+    @property
+    def collecting(self) -> bool:
+        """Whether auto-training is still collecting data."""
+        return self._collect is not None
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def new_state(self, sensor: str, alert: AlertState) -> SensorState:
+        """A newly tracked sensor: scored at once if the model knows it, else warming."""
+        st = SensorState(alert, self.metrics.series(sensor))
+        self.warming += 1
+        thr = self.model.thresholds.get(sensor)
+        if self.model.detector.knows(sensor) and thr is not None:
+            self.mark_scored(st, thr)
+        return st
+
+    def mark_scored(self, st: SensorState, threshold: float) -> None:
+        """The one transition into the scored phase."""
+        if st.phase != SCORED:
+            self.warming -= 1
+        st.phase = SCORED
+        st.threshold = threshold
+        st.warm = []
+        st.series.warming = 0
+        st.series.threshold = threshold
+
+    def mark_warming(self, st: SensorState) -> None:
+        """Back to warming (the model in use does not know the sensor)."""
+        if st.phase == SCORED:
+            self.warming += 1
+        st.phase = WARMING
+        st.threshold = None
+        st.warm = []
+        st.series.warming = 1
+
+    def observe(self, sensor: str, st: SensorState, value: float) -> bool:
+        """Take one accepted reading into learning; True if the sensor is scored."""
+        if self._collect is not None:  # until training data is complete
+            self._collect_reading(sensor, value)
+        if st.phase == SCORED:
+            return True
+        st.warm.append(value)
+        if st.phase == WARMING:
+            self._warm_up(sensor, st)
+        return False
+
+    # -- warm-up --------------------------------------------------------------------------
+
+    def _warm_up(self, sensor: str, st: SensorState) -> None:
+        warm = st.warm
+        det = self.model.detector
+        warmup = self.cfg.learning.warmup
+        # Calibration needs MIN_SCORES scores, i.e. window - 1 + MIN_SCORES readings: a smaller
+        # warmup would fail, halve its data and fail again, never warming up.
+        if len(warm) < max(warmup, det.window - 1 + MIN_SCORES):
+            return
+        values = np.asarray(warm)
+        if det.slow_adapt and not det.knows(sensor) and self.background_fits:
+            # A slow fit (seconds) must not hold up every other sensor: fit a scratch copy
+            # on the fitter thread; install_fits() adopts the result between batches.
+            st.phase = FITTING
+            future = self._fitter().submit(det.adapted_state, sensor, values)
+            self._fits.append((det, sensor, values, future))
+            return
+        try:
+            if not det.knows(sensor):
+                det.adapt(sensor, values)
+                self._learned.add(sensor)
+        except NotTrained:
+            del warm[: len(warm) - warmup + 1]  # keep the newest, bounded
+            return
+        except ValueError as exc:
+            self._fit_failed(sensor, st, exc)
+            return
+        self._calibrated(sensor, st, values)
+
+    def _calibrated(self, sensor: str, st: SensorState, values: np.ndarray) -> None:
+        """Score a sensor from now on, at the model's threshold for it or one calibrated on
+        its warm-up readings."""
+        model = self.model
+        thr = model.thresholds.per_sensor.get(sensor)
+        if thr is None:
+            det = model.detector
+            try:
+                thr = sensor_threshold(
+                    det.score_series(sensor, values),
+                    self.cfg.threshold.false_alarm_rate,
+                    model.thresholds.pooled,
+                    det.comparable_scores,
+                )
+            except CalibrationError as exc:
+                self._fit_failed(sensor, st, exc)
+                return
+            model.thresholds.per_sensor[sensor] = thr
+        self.mark_scored(st, thr)
+        log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
+
+    def _fit_failed(self, sensor: str, st: SensorState, exc: Exception) -> None:
+        _limited.log(
+            logging.WARNING,
+            "warm_up_failed",
+            "sensor %s: warm-up failed, collecting more data: %s",
+            sensor,
+            exc,
+        )
+        st.phase = WARMING
+        del st.warm[: len(st.warm) // 2]
+
+    def _fitter(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitter")
+        return self._pool
+
+    def install_fits(self, state_of: Callable[[str], SensorState | None]) -> None:
+        """Adopt the background fits that have finished (worker thread only)."""
+        if not self._fits or not any(f.done() for *_, f in self._fits):
+            return
+        waiting = []
+        for det, sensor, values, future in self._fits:
+            if not future.done():
+                waiting.append((det, sensor, values, future))
+                continue
+            st = state_of(sensor)
+            if st is None or det is not self.model.detector:
+                continue  # evicted, or the model was swapped meanwhile: it warms up afresh
+            try:
+                det.install_state(future.result())
+            except (ValueError, NotTrained) as exc:
+                self._fit_failed(sensor, st, exc)
+                continue
+            self._learned.add(sensor)
+            self._calibrated(sensor, st, values)
+        self._fits = waiting
+
+    # -- model swap, auto-training, eviction ------------------------------------------------
+
+    def swap(self, new: Model, states: Mapping[str, SensorState]) -> None:
+        """Score with ``new`` from now on: sensors it knows are scored at its thresholds, the
+        others warm up again."""
+        new.detector.max_batch = self.cfg.engine.max_batch
+        self.model = new
+        self._learned.clear()  # the new model learns its own
+        for sensor, st in states.items():
+            thr = new.thresholds.get(sensor)
+            if new.detector.knows(sensor) and thr is not None:
+                self.mark_scored(st, thr)
+            else:
+                self.mark_warming(st)
+        log.info("swapped in %s model (%d sensors warming)", new.name, self.warming)
+
+    def _collect_reading(self, sensor: str, value: float) -> None:
+        assert self._collect is not None
+        buf = self._collect.get(sensor)
+        if buf is None:
+            buf = self._collect[sensor] = []
+        buf.append(value)
+        train_after = self.cfg.learning.auto_train_readings
+        if len(buf) < train_after:
+            return
+        enough = train_after // 2
+        data = {s: np.asarray(v) for s, v in self._collect.items() if len(v) >= enough}
+        self._collect = None
+        log.info(
+            "collected training data: %d sensors, %d readings",
+            len(data),
+            sum(len(v) for v in data.values()),
+        )
+        assert self.on_training_data is not None
+        self.on_training_data(data)
+
+    def evicted(
+        self, gone: Iterable[tuple[str, SensorState | None]], tracked: Callable[[str], bool]
+    ) -> None:
+        """Forget sensors the windows evicted, unless back within the same batch (then their
+        label and model state stay)."""
+        for sensor, st in gone:
+            if st is not None and st.phase != SCORED:
+                self.warming -= 1
+            if tracked(sensor):
+                continue
+            self.metrics.release(sensor)
+            if sensor in self._learned:  # bounded memory under topic churn
+                self._learned.discard(sensor)
+                self.model.detector.forget(sensor)
+                self.model.thresholds.per_sensor.pop(sensor, None)
+            if self._collect is not None:
+                self._collect.pop(sensor, None)
+
+    def close(self) -> None:
+        """Stop the background fitter (pending fits are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def needs_stand_in(model: Model, cfg: Config) -> bool:
+    """Whether a Gaussian must score until this model is trained."""
+    return not model.detector.trained and cfg.learning.auto_train
+
+
+def stand_in(cfg: Config) -> Model:
+    """The Gaussian that scores while the configured model trains."""
+    from streamwatch.detectors.gaussian import GaussianDetector
+
+    return Model(GaussianDetector(GaussianConfig(), 1), Thresholds(cfg.threshold.false_alarm_rate))
