@@ -37,6 +37,8 @@ from typing import Final
 
 import numpy as np
 
+from streamwatch.evaluation.scoring import Event
+
 log = logging.getLogger(__name__)
 
 ALL_KINDS: Final = (
@@ -103,16 +105,6 @@ class AnomalySpec:
             raise ValueError(f"duration_s must satisfy 0 < min <= max, got {self.duration_s}")
         if self.rate_per_hour < 0 or self.min_gap_s < 0 or self.size <= 0:
             raise ValueError("rate_per_hour and min_gap_s must be >= 0, size > 0")
-
-
-@dataclass(frozen=True)
-class Event:
-    """One injected anomaly: a sensor, a closed time span (epoch seconds) and a kind."""
-
-    sensor: str
-    start: float
-    end: float
-    kind: str
 
 
 @dataclass

@@ -10,21 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulators.generate import AnomalySpec, Event, simulate
+from simulators.generate import AnomalySpec, simulate
 from streamwatch.config import Config, from_mapping
 from streamwatch.evaluation import baselines as bl
-from streamwatch.evaluation.evaluate import (
-    Dataset,
-    Run,
+from streamwatch.evaluation.datasets import Dataset, from_nab, from_simulated
+from streamwatch.evaluation.report import markdown
+from streamwatch.evaluation.runs import Run, evaluate, nab_scores
+from streamwatch.evaluation.scoring import (
+    Event,
     alert_onsets,
     average_precision,
-    evaluate,
     event_scores,
     events_from_labels,
-    from_nab,
-    from_simulated,
-    markdown,
-    nab_scores,
 )
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"

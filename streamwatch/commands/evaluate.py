@@ -137,15 +137,9 @@ def add_parser(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from simulators.generate import AnomalySpec, read_csv, simulate
     from streamwatch.evaluation.baselines import ALL_BASELINES
-    from streamwatch.evaluation.evaluate import (
-        OURS,
-        Dataset,
-        evaluate,
-        from_nab,
-        from_simulated,
-        markdown,
-        plot,
-    )
+    from streamwatch.evaluation.datasets import Dataset, from_nab, from_simulated
+    from streamwatch.evaluation.report import markdown, plot
+    from streamwatch.evaluation.runs import OURS, evaluate
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)

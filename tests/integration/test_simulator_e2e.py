@@ -16,7 +16,7 @@ from simulators.publish import publish
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors.base import create
-from streamwatch.evaluation.evaluate import event_scores
+from streamwatch.evaluation.scoring import event_scores
 from streamwatch.replay import replay
 from tests.helpers import Collector, Mosquitto, wait_until
 
