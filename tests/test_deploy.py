@@ -306,7 +306,7 @@ def schema_options(
 ) -> dict[str, dict[str, list[FieldInfo]]]:
     """section -> option -> its field(s), walking nested models and discriminated unions.
 
-    An option shared by several union members (``detector.warmup``) lists each one's field.
+    An option shared by several union members (``detector.seed``) lists each one's field.
     """
     out: dict[str, dict[str, list[FieldInfo]]] = {}
     for name, field in model.model_fields.items():

@@ -17,9 +17,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig
-from streamwatch.detectors import base
+from streamwatch.detectors import base, bundle
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
-from streamwatch.pipeline.threshold import calibrate
+from streamwatch.detectors.bundle import Model
+from streamwatch.pipeline.threshold import Thresholds, calibrate
 
 WINDOW = 20
 FAR = 1e-3
@@ -60,7 +61,7 @@ class Fitted:
             ]
         )
         self.threshold = calibrate(held_out, FAR)
-        self.det.thresholds.pooled = self.threshold
+        self.model = Model(self.det, Thresholds(FAR, pooled=self.threshold))
 
 
 _FITTED: dict[str, Fitted] = {}
@@ -113,10 +114,11 @@ def test_anomalies_score_above_threshold_and_normal(fitted: Fitted, inject: Any)
 
 
 def test_save_load_gives_identical_scores(fitted: Fitted, tmp_path: Path) -> None:
-    fitted.det.save(tmp_path / "m")
-    loaded = base.load(tmp_path / "m", expect=fitted.det.config)
+    bundle.save(fitted.model, tmp_path / "m")
+    model = bundle.load(tmp_path / "m", expect=fitted.det.config)
+    loaded = model.detector
     assert type(loaded) is type(fitted.det)
-    assert loaded.thresholds.pooled == fitted.threshold
+    assert model.thresholds.pooled == fitted.threshold
     # The bundle round-trips every stored number exactly (JSON floats are repr-exact) ...
     assert loaded._sensor_state() == fitted.det._sensor_state()
     # ... and scores agree to rounding: the same function on equal inputs, but numpy's SIMD
@@ -130,35 +132,35 @@ def test_save_load_gives_identical_scores(fitted: Fitted, tmp_path: Path) -> Non
 
 def _bundle(fitted: Fitted, tmp_path: Path) -> Path:
     path = tmp_path / "m"
-    fitted.det.save(path)
+    bundle.save(fitted.model, path)
     return path
 
 
 def test_edited_weights_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
     path = _bundle(fitted, tmp_path)
-    files = json.loads((path / base.MANIFEST).read_text())["files"]
-    weights = [f for f in files if f.endswith(".h5")] or [base.SENSORS]
+    files = json.loads((path / bundle.MANIFEST).read_text())["files"]
+    weights = [f for f in files if f.endswith(".h5")] or [bundle.SENSORS]
     target = path / weights[0]
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="checksum"):
-        base.load(path)
+        bundle.load(path)
 
 
 def test_truncated_sensors_json_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
     path = _bundle(fitted, tmp_path)
-    text = (path / base.SENSORS).read_text()
-    (path / base.SENSORS).write_text(text[: len(text) // 2])
+    text = (path / bundle.SENSORS).read_text()
+    (path / bundle.SENSORS).write_text(text[: len(text) // 2])
     with pytest.raises(ModelError):
-        base.load(path)
+        bundle.load(path)
 
 
 def test_missing_manifest_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
     path = _bundle(fitted, tmp_path)
-    (path / base.MANIFEST).unlink()
+    (path / bundle.MANIFEST).unlink()
     with pytest.raises(ModelError, match="missing"):
-        base.load(path)
+        bundle.load(path)
 
 
 def test_wrong_detector_type_is_model_error(fitted: Fitted, tmp_path: Path) -> None:
@@ -166,13 +168,13 @@ def test_wrong_detector_type_is_model_error(fitted: Fitted, tmp_path: Path) -> N
     for name, other in CONFIGS.items():
         if name != fitted.det.name:
             with pytest.raises(ModelError, match="config asks for"):
-                base.load(path, expect=other)
+                bundle.load(path, expect=other)
     # A manifest edited to claim another type does not load either.
-    manifest = json.loads((path / base.MANIFEST).read_text())
+    manifest = json.loads((path / bundle.MANIFEST).read_text())
     manifest["detector"] = "gmm" if fitted.det.name != "gmm" else "gaussian"
-    (path / base.MANIFEST).write_text(json.dumps(manifest))
+    (path / bundle.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError):
-        base.load(path)
+        bundle.load(path)
 
 
 # -- exact densities ------------------------------------------------------------------------
@@ -242,11 +244,12 @@ def test_reading_detectors_score_loaded_model_without_tensorflow(tmp_path: Path)
 
     det = GMMDetector(GMMConfig(max_components=2, steps=50), 1)
     det.fit({"a": np.r_[np.zeros(100), np.ones(100)] + np.linspace(0, 0.01, 200)})
-    det.save(tmp_path / "m")
+    bundle.save(Model(det, Thresholds(FAR)), tmp_path / "m")
     code = (
         "import sys, numpy as np; from pathlib import Path; "
-        "from streamwatch.detectors import base; "
-        f"d = base.load(Path({str(tmp_path / 'm')!r})); d.score(['a'], np.zeros((1, 1))); "
+        "from streamwatch.detectors import bundle; "
+        f"d = bundle.load(Path({str(tmp_path / 'm')!r})).detector; "
+        "d.score(['a'], np.zeros((1, 1))); "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -321,12 +324,12 @@ def test_lstm_vae_per_sensor_models_round_trip(tmp_path: Path) -> None:
     cfg = CONFIGS["lstm-vae"].model_copy(update={"shared": False, "epochs": 1, "hidden": 4})
     det = base.create(cfg, WINDOW)
     det.fit({"a": sine(300, seed=1), "b": 3.0 * sine(300, seed=2)})
-    det.save(tmp_path / "m")
+    bundle.save(Model(det, Thresholds(FAR)), tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").glob("*.h5")) == [
         "m0.weights.h5",
         "m1.weights.h5",
     ]
-    loaded = base.load(tmp_path / "m")
+    loaded = bundle.load(tmp_path / "m").detector
     x = sine(100, seed=3)
     for s in ("a", "b"):
         np.testing.assert_array_equal(scores_of(loaded, s, x), scores_of(det, s, x))

@@ -82,7 +82,7 @@ class _SharedGaussian(GaussianDetector):
     """A Gaussian whose scores claim to be comparable across sensors (as a shared model's
     are), so the pooled floor applies."""
 
-    comparable_scores = True  # type: ignore[assignment]
+    comparable_scores = True
 
 
 def _warm_up_threshold(cfg: Config, model: Model, sensor: str, values: np.ndarray) -> float:

@@ -53,10 +53,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +64,11 @@ import numpy as np
 from streamwatch.config import LSTMVAEConfig
 from streamwatch.detectors.base import Detector, NotTrained
 from streamwatch.detectors.gaussian import sigma_floor
+from streamwatch.detectors.lstm_vae_net import Net, tf_module
 
 log = logging.getLogger(__name__)
 
 SHARED = "shared"
-_SCALE_EPS = 1e-3
-"""Smallest decoder σ in standardised units, so a perfectly predictable step has finite NLL."""
-_LOGVAR_CLIP = 10.0
 _MIN_BUCKET = 8
 JIT_COMPILE_DEFAULT = True
 """Whether scoring uses XLA (for buckets up to XLA_MAX_BUCKET) by default; chosen by
@@ -80,137 +77,6 @@ XLA_MAX_BUCKET = 128
 """Larger buckets run in plain graph mode, which is faster there."""
 
 _MODEL_KEY = re.compile(r"^(shared|m[0-9]{1,6})$")
-
-
-def _configure_threads(tf: Any) -> None:
-    """Apply TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS unless threads are already set."""
-    threading = tf.config.threading
-    for env, get, put in (
-        (
-            "TF_NUM_INTRAOP_THREADS",
-            threading.get_intra_op_parallelism_threads,
-            threading.set_intra_op_parallelism_threads,
-        ),
-        (
-            "TF_NUM_INTEROP_THREADS",
-            threading.get_inter_op_parallelism_threads,
-            threading.set_inter_op_parallelism_threads,
-        ),
-    ):
-        value = os.environ.get(env)
-        if not value or get() != 0:
-            continue
-        try:
-            put(int(value))
-        except (RuntimeError, ValueError) as exc:  # runtime already started, or not a number
-            log.debug("cannot apply %s=%s: %s", env, value, exc)
-
-
-def _tf() -> Any:
-    import tensorflow as tf
-
-    _configure_threads(tf)
-    return tf
-
-
-def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, Any, Any]:
-    """The (vae, encoder, decoder) Keras models; ``vae`` holds every weight, for saving."""
-    _tf()
-    import keras
-    from keras import layers
-
-    def init(i: int) -> Any:
-        return keras.initializers.GlorotUniform(seed=seed * 100 + i)
-
-    def orth(i: int) -> Any:
-        return keras.initializers.Orthogonal(seed=seed * 100 + i)
-
-    x = keras.Input((window, 1), name="window")
-    h = layers.LSTM(hidden, kernel_initializer=init(0), recurrent_initializer=orth(1))(x)
-    mean = layers.Dense(latent, kernel_initializer=init(2), name="z_mean")(h)
-    logvar = layers.Dense(latent, kernel_initializer=init(3), name="z_logvar")(h)
-    encoder = keras.Model(x, [mean, logvar], name="encoder")
-
-    z = keras.Input((latent,), name="z")
-    r = layers.RepeatVector(window)(z)
-    d = layers.LSTM(
-        hidden,
-        return_sequences=True,
-        kernel_initializer=init(4),
-        recurrent_initializer=orth(5),
-    )(r)
-    out = layers.TimeDistributed(layers.Dense(2, kernel_initializer=init(6)), name="loc_raw")(d)
-    decoder = keras.Model(z, out, name="decoder")
-
-    m, _ = encoder(x)
-    vae = keras.Model(x, decoder(m), name="lstm_vae")
-    return vae, encoder, decoder
-
-
-class _Net:
-    """One VAE with its compiled scoring functions (one per XLA setting)."""
-
-    def __init__(self, cfg: LSTMVAEConfig, window: int, init_seed: int) -> None:
-        self.window = window
-        self.vae, self.encoder, self.decoder = build_model(
-            window, cfg.hidden, cfg.latent, init_seed
-        )
-        self.latent = cfg.latent
-        self.samples = cfg.latent_samples
-        rng = np.random.default_rng(cfg.seed)
-        # Fixed ε_s: deterministic, batch-independent averaging over latent samples.
-        self.eps = (
-            np.zeros((1, cfg.latent), np.float32)
-            if cfg.latent_samples == 1
-            else rng.standard_normal((cfg.latent_samples, cfg.latent)).astype(np.float32)
-        )
-        self._fns: dict[bool, Callable[[Any], Any]] = {}
-
-    def step_nll(self, z: Any, x: Any) -> Any:
-        """Per-step reconstruction NLL of standardised ``x`` (B, W) decoded from ``z``."""
-        tf = _tf()
-        import tensorflow_probability as tfp
-
-        out = self.decoder(z, training=False)
-        normal = tfp.distributions.Normal(
-            loc=out[..., 0], scale=tf.nn.softplus(out[..., 1]) + _SCALE_EPS
-        )
-        return -normal.log_prob(x)
-
-    def encode(self, x: Any, training: bool = False) -> tuple[Any, Any]:
-        """Posterior mean and (clipped) log-variance of standardised ``x`` (B, W)."""
-        tf = _tf()
-        mean, logvar = self.encoder(x[..., None], training=training)
-        return mean, tf.clip_by_value(logvar, -_LOGVAR_CLIP, _LOGVAR_CLIP)
-
-    def scorer(self, jit: bool) -> Callable[[Any], Any]:
-        """The traced function: standardised (B, W) float32 -> (per-step NLL (B, W), KL (B,))."""
-        fn = self._fns.get(jit)
-        if fn is not None:
-            return fn
-        tf = _tf()
-        eps = tf.constant(self.eps)
-        w = self.window
-
-        def run(x: Any) -> tuple[Any, Any]:
-            mean, logvar = self.encode(x)
-            kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
-            if self.samples == 1:
-                steps = self.step_nll(mean, x)
-            else:
-                std = tf.exp(0.5 * logvar)
-                z = mean[None] + std[None] * eps[:, None, :]  # (S, B, latent)
-                b = tf.shape(x)[0]
-                flat = tf.reshape(z, [-1, self.latent])
-                xs = tf.tile(x, [self.samples, 1])
-                steps = tf.reduce_mean(tf.reshape(self.step_nll(flat, xs), [-1, b, w]), axis=0)
-            return steps, kl
-
-        fn = tf.function(
-            run, input_signature=[tf.TensorSpec([None, w], tf.float32)], jit_compile=jit
-        )
-        self._fns[jit] = fn
-        return fn
 
 
 class LSTMVAEDetector(Detector):
@@ -223,7 +89,7 @@ class LSTMVAEDetector(Detector):
         super().__init__(config, window)
         self.cfg = config
         self.jit_compile = JIT_COMPILE_DEFAULT
-        self._nets: dict[str, _Net] = {}
+        self._nets: dict[str, Net] = {}
         self._norm: dict[str, tuple[float, float]] = {}
         self._model_of: dict[str, str] = {}
 
@@ -303,13 +169,13 @@ class LSTMVAEDetector(Detector):
             np.float32
         )
 
-    def _train(self, train: np.ndarray, val: np.ndarray, what: str, seed_offset: int = 0) -> _Net:
-        tf = _tf()
+    def _train(self, train: np.ndarray, val: np.ndarray, what: str, seed_offset: int = 0) -> Net:
+        tf = tf_module()
         import keras
 
         cfg = self.cfg
         seed = cfg.seed + seed_offset
-        net = _Net(cfg, self.window, seed)
+        net = Net(cfg, self.window, seed)
         variables = net.vae.trainable_variables
         opt = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
         opt.build(variables)
@@ -416,7 +282,7 @@ class LSTMVAEDetector(Detector):
         v = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
         return ((v - mean[:, None]) / std[:, None]).astype(np.float32)
 
-    def _run(self, net: _Net, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, net: Net, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks."""
         n = len(z)
         steps = np.empty((n, self.window), np.float64)
@@ -501,7 +367,7 @@ class LSTMVAEDetector(Detector):
             raise ValueError("no sensors and no model in the bundle")
         self._nets = {}
         for key in keys:
-            net = _Net(self.cfg, self.window, self.cfg.seed)
+            net = Net(self.cfg, self.window, self.cfg.seed)
             net.vae.load_weights(path / self._weights_file(key))
             self._nets[key] = net
 

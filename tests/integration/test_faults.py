@@ -32,9 +32,10 @@ import streamwatch.daemon as daemon_mod
 import streamwatch.ingest.mqtt as mqtt_mod
 from streamwatch.config import Config, GaussianConfig, from_mapping
 from streamwatch.daemon import Daemon
-from streamwatch.detectors import base
+from streamwatch.detectors import base, bundle
+from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Reading
-from streamwatch.pipeline.threshold import calibrate
+from streamwatch.pipeline.threshold import Thresholds, calibrate
 from tests.helpers import Mosquitto, Publisher, free_port, wait_until
 
 MU, SIGMA = 20.0, 0.5
@@ -47,12 +48,12 @@ ANOMALY = 35.0
 
 def gaussian_bundle(path: Path, sensors: Sequence[str]) -> Path:
     """A trained Gaussian model bundle for ``sensors`` (so nothing warms up in the daemon)."""
-    det = base.create(GaussianConfig(warmup=10), 1)
+    det = base.create(GaussianConfig(), 1)
     rng = np.random.default_rng(0)
     det.fit({s: rng.normal(MU, SIGMA, 4000) for s in sensors})
     held_out = rng.normal(MU, SIGMA, 20000)
-    det.thresholds.pooled = calibrate(det.score([sensors[0]] * held_out.size, held_out), 1e-4)
-    det.save(path)
+    pooled = calibrate(det.score([sensors[0]] * held_out.size, held_out), 1e-4)
+    bundle.save(Model(det, Thresholds(1e-4, pooled=pooled)), path)
     return path
 
 
@@ -632,7 +633,7 @@ def _copy_bundle(src: Path, dst: Path, edit: Callable[[Path], object]) -> str:
 
 
 def _flip_a_byte(d: Path) -> None:
-    f = d / base.SENSORS
+    f = d / bundle.SENSORS
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01
     f.write_bytes(bytes(data))
@@ -709,7 +710,7 @@ def test_config_and_model_errors_are_one_line_exit_2_no_traceback(
             [
                 "--model-dir",
                 _copy_bundle(
-                    model_dir, tmp_path / "mc", lambda d: (d / base.MANIFEST).write_text("{")
+                    model_dir, tmp_path / "mc", lambda d: (d / bundle.MANIFEST).write_text("{")
                 ),
             ],
             "unreadable or corrupt",
@@ -786,7 +787,7 @@ def _load_watched(path: Path) -> Any:
     _UNPICKLED.clear()
     _WATCHING.set()
     try:
-        return base.load(path)
+        return bundle.load(path).detector
     finally:
         _WATCHING.clear()
 
@@ -816,14 +817,14 @@ def test_lstm_vae_weights_swapped_for_a_keras_lambda_archive_is_refused_unexecut
 
     from streamwatch.config import LSTMVAEConfig
 
-    cfg = LSTMVAEConfig(hidden=4, latent=2, epochs=1, batch_size=64, warmup=10)
+    cfg = LSTMVAEConfig(hidden=4, latent=2, epochs=1, batch_size=64)
     det = base.create(cfg, 10)
     rng = np.random.default_rng(0)
     det.fit({"a": np.sin(np.arange(400) / 8.0) + rng.normal(0, 0.05, 400)})
-    bundle = tmp_path / "vae"
-    det.save(bundle)
-    (weights,) = bundle.glob("*.weights.h5")
-    assert _load_watched(bundle).knows("a")  # the honest bundle loads
+    vae = tmp_path / "vae"
+    bundle.save(Model(det, Thresholds(1e-5)), vae)
+    (weights,) = vae.glob("*.weights.h5")
+    assert _load_watched(vae).knows("a")  # the honest bundle loads
 
     marker = tmp_path / "lambda-ran"
 
@@ -839,15 +840,15 @@ def test_lstm_vae_weights_swapped_for_a_keras_lambda_archive_is_refused_unexecut
     # Swapped in without touching the manifest: the checksum catches it.
     weights.write_bytes(archive.read_bytes())
     with pytest.raises(base.ModelError, match="checksum"):
-        _load_watched(bundle)
+        _load_watched(vae)
     # Swapped in with a forged checksum, and pickles planted beside it: still refused.
-    manifest = json.loads((bundle / base.MANIFEST).read_text())
-    manifest["files"][weights.name] = base._sha256(weights)
-    (bundle / base.MANIFEST).write_text(json.dumps(manifest))
-    (bundle / "model.keras").write_bytes(archive.read_bytes())
-    _plant(bundle, marker)
+    manifest = json.loads((vae / bundle.MANIFEST).read_text())
+    manifest["files"][weights.name] = bundle._sha256(weights)
+    (vae / bundle.MANIFEST).write_text(json.dumps(manifest))
+    (vae / "model.keras").write_bytes(archive.read_bytes())
+    _plant(vae, marker)
     with pytest.raises(base.ModelError, match=r"cannot load lstm-vae model") as err:
-        _load_watched(bundle)
+        _load_watched(vae)
     assert "file signature not found" in str(err.value)  # HDF5 refused the zip archive
     assert not marker.exists(), "code from the model directory ran"
     assert _UNPICKLED == []

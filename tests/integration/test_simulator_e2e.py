@@ -15,10 +15,9 @@ from simulators.generate import AnomalySpec, simulate
 from simulators.publish import publish
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
-from streamwatch.detectors.base import create
 from streamwatch.evaluation.scoring import event_scores
 from streamwatch.replay import replay
-from tests.helpers import Collector, Mosquitto, wait_until
+from tests.helpers import Collector, Mosquitto, fresh_model, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +70,7 @@ def test_simulated_stream_alerts_match_labels_and_offline_replay(mosquitto: Mosq
     )
     series = {s: sim.series(s)[:2] for s in sim.sensors}
     offline = sorted(
-        (e.sensor, e.ts)
-        for e in replay(cfg, create(cfg.detector, cfg.windows.length), series)
-        if e.state == "raised"
+        (e.sensor, e.ts) for e in replay(cfg, fresh_model(cfg), series) if e.state == "raised"
     )
     assert live == offline  # the live daemon and the offline replay agree alert for alert
 
