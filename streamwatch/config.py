@@ -189,7 +189,14 @@ class ThresholdConfig(_Strict):
         1e-5,
         gt=0,
         lt=0.5,
-        description="Target fraction of normal scores above the threshold, per sensor.",
+        description="Likelihood scores (gaussian, gmm, lstm-vae): target fraction of normal "
+        "scores above the threshold, per sensor.",
+    )
+    margin: float = Field(
+        1.5,
+        ge=1.0,
+        description="Ratio scores (robust): the threshold is this many times the largest "
+        "normal score.",
     )
 
 
@@ -198,9 +205,14 @@ class AlertConfig(_Strict):
 
     raise_k: int = Field(1, ge=1, description="Raise after k anomalous verdicts ...")
     raise_n: int = Field(1, ge=1, description="... out of the last n.")
-    clear_m: int = Field(10, ge=1, description="Clear after m consecutive normal verdicts ...")
+    clear_m: int = Field(30, ge=1, description="Clear after m consecutive normal verdicts ...")
     clear_hold_s: float = Field(
         30.0, ge=0, description="... and this long since the last anomalous one (off-delay)."
+    )
+    refractory: int = Field(
+        60,
+        ge=0,
+        description="No new raise within this many verdicts (readings) of the last raise.",
     )
 
     @model_validator(mode="after")
@@ -245,6 +257,34 @@ class GMMConfig(_DetectorBase):
     steps: int = Field(300, ge=10, description="Optimiser steps per fit.")
 
 
+class RobustConfig(_DetectorBase):
+    """Robust per-sensor baseline; score = the worst of four two-sided deviation ratios
+    (point, level, spread, jump) against the largest each took on normal data."""
+
+    type: Literal["robust"] = "robust"
+    span: int = Field(
+        10, ge=3, le=1000, description="Readings in the level and spread parts (<= length - 1)."
+    )
+    min_scale: float = Field(
+        8.0 / 3.0,
+        gt=0,
+        description="Least scale of the point, level and jump parts, in robust sigmas: with "
+        "threshold.margin 1.5, nothing under 4 sigma alarms on a perfectly clean signal.",
+    )
+    min_scale_spread: float = Field(
+        1.0 / 3.0,
+        gt=0,
+        description="Least scale of the spread part, |log(sd/sd0)|: with margin 1.5, a "
+        "factor e^0.5 = 1.65 up or down.",
+    )
+    min_mean_spread: float = Field(
+        0.3,
+        gt=0,
+        description="Least spread of window means, as a fraction of s/sqrt(span) (what "
+        "independent readings would give).",
+    )
+
+
 class LSTMVAEConfig(_DetectorBase):
     """LSTM variational autoencoder over windows; score = reconstruction NLL."""
 
@@ -264,7 +304,9 @@ class LSTMVAEConfig(_DetectorBase):
     seed: int = Field(0, description="Seeds weight initialisation, batch order and sampling.")
 
 
-DetectorConfig = Annotated[GaussianConfig | GMMConfig | LSTMVAEConfig, Field(discriminator="type")]
+DetectorConfig = Annotated[
+    GaussianConfig | GMMConfig | RobustConfig | LSTMVAEConfig, Field(discriminator="type")
+]
 
 
 class LearningConfig(_Strict):
@@ -281,6 +323,12 @@ class LearningConfig(_Strict):
     )
     auto_train_readings: int = Field(
         2000, ge=100, description="Readings per sensor before auto-training starts."
+    )
+    gap_factor: float = Field(
+        3.0,
+        ge=0,
+        description="A reading after a gap longer than this many times the longest interval "
+        "in the sensor's first `warmup` readings is anomalous (a dropout); 0 turns it off.",
     )
 
 
@@ -343,7 +391,7 @@ class Config(_Strict):
     mqtt: MQTTConfig = MQTTConfig()
     payload: PayloadConfig = PayloadConfig()
     windows: WindowConfig = WindowConfig()
-    detector: DetectorConfig = LSTMVAEConfig()
+    detector: DetectorConfig = RobustConfig()
     learning: LearningConfig = LearningConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     alerts: AlertConfig = AlertConfig()
@@ -354,7 +402,7 @@ class Config(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-_DETECTOR_TAGS = ("gaussian", "gmm", "lstm-vae")
+_DETECTOR_TAGS = ("gaussian", "gmm", "robust", "lstm-vae")
 
 
 def _format_errors(exc: ValidationError, source: str) -> list[str]:

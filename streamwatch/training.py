@@ -52,14 +52,21 @@ def train_in_place(cfg: Config, data: Mapping[str, np.ndarray]) -> Model:
 
 
 def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Model:
-    """Fit the configured detector and calibrate its thresholds on held-out normal data."""
+    """Fit the configured detector and calibrate its thresholds on normal data.
+
+    A model with shared weights (the LSTM-VAE) is fitted on the first part of each sensor's
+    series and calibrated on the held-out rest. A per-sensor detector learns each sensor from
+    its whole series and is calibrated on the same readings: exactly what the daemon's
+    warm-up does, so ``train`` + ``replay`` and the warm-up give the same thresholds for the
+    same readings. A sensor with too few readings, or one its detector cannot fit, is skipped
+    and reported; the others are trained.
+    """
     det = create(cfg.detector, cfg.windows.length)
-    far = cfg.threshold.false_alarm_rate
     min_cal = det.window - 1 + MIN_SCORES
     min_fit = max(2 * det.window + 2, 10)
     fit_part: dict[str, np.ndarray] = {}
     cal_part: dict[str, np.ndarray] = {}
-    stamps: list[np.ndarray] = []
+    stamps: dict[str, np.ndarray] = {}
     dropped = 0
     skipped: dict[str, str] = {}
     for sensor, (ts, values, labels) in data.items():
@@ -67,42 +74,63 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
             normal = labels == 0
             dropped += int((~normal).sum())
             ts, values = ts[normal], values[normal]
-        n_cal = max(round(values.size * CALIBRATION_FRACTION), min_cal)
-        if values.size - n_cal < min_fit:
-            skipped[sensor] = f"{values.size} normal readings, need {n_cal + min_fit}"
+        if det.shared_weights:
+            n_cal = max(round(values.size * CALIBRATION_FRACTION), min_cal)
+            need = n_cal + min_fit
+        else:
+            n_cal, need = 0, min_cal
+        if values.size < need:
+            skipped[sensor] = f"{values.size} normal readings, need {need}"
             log.warning(
-                "sensor %s: %d normal readings are too few to train and calibrate on; skipped",
+                "sensor %s: %d normal readings are too few to train and calibrate on (need "
+                "%d); skipped",
                 sensor,
                 values.size,
+                need,
             )
             continue
-        fit_part[sensor] = values[:-n_cal]
-        cal_part[sensor] = values[-n_cal:]
-        stamps.append(ts)
+        fit_part[sensor] = values[:-n_cal] if n_cal else values
+        cal_part[sensor] = values[-n_cal:] if n_cal else values
+        stamps[sensor] = ts
     if not fit_part:
         raise TrainError("no sensor has enough normal readings to train on")
 
     started = time.monotonic()
     log.info("fitting %s on %d sensors", det.name, len(fit_part))
-    try:
-        det.fit(fit_part)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-    log.info("fitted in %.1fs; calibrating thresholds at %g", time.monotonic() - started, far)
+    if det.shared_weights:
+        try:
+            det.fit(fit_part)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+    else:
+        for sensor, values in fit_part.items():
+            try:
+                det.adapt(sensor, values)
+            except ValueError as exc:
+                skipped[sensor] = str(exc)
+                log.warning("sensor %s: cannot be fitted; skipped: %s", sensor, exc)
+        for sensor in [s for s in fit_part if not det.knows(s)]:
+            del fit_part[sensor], cal_part[sensor], stamps[sensor]
+        if not fit_part:
+            raise TrainError("no sensor could be fitted")
+    log.info("fitted in %.1fs; calibrating thresholds", time.monotonic() - started)
 
-    held_out = {s: det.score_series(s, v) for s, v in cal_part.items()}
+    normal_scores = {s: det.score_series(s, v) for s, v in cal_part.items()}
     try:
-        thresholds, failed = calibrate_all(held_out, far, det.comparable_scores)
+        thresholds, failed = calibrate_all(
+            normal_scores, cfg.threshold, det.score_kind, det.comparable_scores
+        )
     except CalibrationError as exc:
         raise TrainError(f"cannot calibrate the pooled threshold: {exc}") from None
     for sensor, why in failed.items():
         log.warning("sensor %s: no threshold of its own: %s", sensor, why)
 
-    all_ts = np.concatenate(stamps)
+    all_ts = np.concatenate(list(stamps.values()))
     trained_on = {
         "sensors": sorted(fit_part),
-        "readings": int(sum(v.size for v in (*fit_part.values(), *cal_part.values()))),
+        "readings": int(sum(t.size for t in stamps.values())),
         "calibration_readings": int(sum(v.size for v in cal_part.values())),
+        "calibrated_in_sample": not det.shared_weights,
         "anomalous_rows_dropped": dropped,
         "skipped_sensors": skipped,
         "first_ts": float(all_ts.min()),

@@ -16,7 +16,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig
+from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig, RobustConfig
 from streamwatch.detectors import base, bundle
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
 from streamwatch.detectors.bundle import Model
@@ -29,6 +29,7 @@ SENSORS = ("s1", "s2")
 CONFIGS: dict[str, Any] = {
     "gaussian": GaussianConfig(),
     "gmm": GMMConfig(max_components=3, steps=150),
+    "robust": RobustConfig(),
     "lstm-vae": LSTMVAEConfig(
         hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamwatch.config import Config, GaussianConfig, from_mapping
+from streamwatch.config import Config, GaussianConfig, ThresholdConfig, from_mapping
 from streamwatch.detectors.bundle import Model
 from streamwatch.detectors.gaussian import GaussianDetector
 from streamwatch.ingest.parse import Reading
@@ -22,6 +22,7 @@ from streamwatch.pipeline.threshold import (
     sensor_threshold,
 )
 from streamwatch.training import fit_calibrated
+from tests.helpers import fresh_model
 
 
 def gaussian_nll(x: np.ndarray) -> np.ndarray:
@@ -100,22 +101,22 @@ def test_train_and_warm_up_give_the_same_threshold_for_the_same_scores() -> None
     data = {
         s: (np.arange(2000.0), rng.normal(5.0, 1.0 + k, 2000), None) for k, s in enumerate("ab")
     }
-    cfg = from_mapping({"detector": {"type": "gaussian"}, "learning": {"warmup": 500}})
-    trained = fit_calibrated(cfg, data)
-    held_out = data["a"][1][-500:]  # what train calibrated sensor a on (the last 25 %)
-    # The same detector warms sensor a up on those very readings, with no threshold for it
-    # (and no pooled one, which would serve it at once).
-    model = Model(trained.detector, Thresholds(1e-5))
-    assert _warm_up_threshold(cfg, model, "a", held_out) == trained.thresholds.per_sensor["a"]
+    for kind in ("gaussian", "robust"):
+        cfg = from_mapping({"detector": {"type": kind}, "learning": {"warmup": 2000}})
+        trained = fit_calibrated(cfg, data)
+        # The daemon's warm-up on the very same readings, from an empty model.
+        got = _warm_up_threshold(cfg, fresh_model(cfg), "a", data["a"][1])
+        assert got == trained.thresholds.per_sensor["a"]
 
 
-def test_pooled_floor_applies_alike_in_train_and_warm_up_for_comparable_scores() -> None:
+def test_pooled_floor_applies_in_warm_up_for_comparable_scores() -> None:
     rng = np.random.default_rng(4)
     det = _SharedGaussian(GaussianConfig(), 1)
     det.fit({s: rng.normal(0.0, 1.0, 1000) for s in "ab"})
     held = {"a": rng.normal(0.0, 1.0, 300), "b": rng.normal(0.0, 3.0, 300)}  # b: wider tail
+    policy = ThresholdConfig()
     thresholds, failed = calibrate_all(
-        {s: det.score_series(s, v) for s, v in held.items()}, 1e-5, comparable=True
+        {s: det.score_series(s, v) for s, v in held.items()}, policy, "nll", comparable=True
     )
     assert not failed and thresholds.pooled is not None
     assert thresholds.per_sensor["a"] == thresholds.pooled  # floored
@@ -124,8 +125,12 @@ def test_pooled_floor_applies_alike_in_train_and_warm_up_for_comparable_scores()
     warm = Model(det, Thresholds(1e-5, pooled=thresholds.pooled))
     new = rng.normal(0.0, 1.0, 300)
     got = _warm_up_threshold(cfg, warm, "c", new)
-    assert got == sensor_threshold(det.score_series("c", new), 1e-5, thresholds.pooled, True)
+    assert got == sensor_threshold(
+        det.score_series("c", new), policy, "nll", thresholds.pooled, comparable=True
+    )
     assert got >= thresholds.pooled
     own = calibrate(det.score_series("a", held["a"]), 1e-5)
-    assert sensor_threshold(det.score_series("a", held["a"]), 1e-5, 99.0, False) == own
-    assert sensor_threshold(det.score_series("a", held["a"]), 1e-5, 99.0, True) == 99.0
+    scores = det.score_series("a", held["a"])
+    assert sensor_threshold(scores, policy, "nll", 99.0, comparable=False) == own
+    assert sensor_threshold(scores, policy, "nll", 99.0, comparable=True) == 99.0
+    assert sensor_threshold(scores, policy, "ratio") == policy.margin * scores.max()

@@ -21,7 +21,9 @@ EXIT_USAGE = 2
 def add_config_args(p: argparse.ArgumentParser, *, daemon: bool = True) -> None:
     """Flags shared by the commands that take a config: each overrides its config key."""
     p.add_argument("--config", type=Path, help="TOML config file (default: all defaults)")
-    p.add_argument("--detector", choices=("gaussian", "gmm", "lstm-vae"), help="detector.type")
+    p.add_argument(
+        "--detector", choices=("robust", "gaussian", "gmm", "lstm-vae"), help="detector.type"
+    )
     p.add_argument("--model-dir", type=Path, help="model bundle directory (model_dir)")
     if daemon:
         p.add_argument("--broker", help="mqtt.broker, e.g. mqtt://HOST:1883 or mqtts://HOST:8883")

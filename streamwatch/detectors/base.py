@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _IMPLEMENTATIONS: dict[str, str] = {
     "gaussian": "streamwatch.detectors.gaussian:GaussianDetector",
     "gmm": "streamwatch.detectors.gmm:GMMDetector",
+    "robust": "streamwatch.detectors.robust:RobustDetector",
     "lstm-vae": "streamwatch.detectors.lstm_vae:LSTMVAEDetector",
 }
 
@@ -42,6 +43,14 @@ class Detector(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[Literal["reading", "window"]]
+    score_kind: ClassVar[Literal["nll", "ratio"]] = "nll"
+    """What a score is, which decides how it is calibrated: ``nll`` a negative
+    log-likelihood (a tail at a false-alarm rate), ``ratio`` a deviation over its normal
+    largest (a margin above the largest normal score)."""
+    shared_weights: ClassVar[bool] = False
+    """Whether :meth:`fit` trains weights shared by sensors (then training holds data out to
+    calibrate on); per-sensor detectors learn and calibrate on the same readings, exactly as
+    a warm-up does."""
     slow_adapt: ClassVar[bool] = False
     """Whether :meth:`adapt` takes long enough (seconds) that the daemon runs it off the
     worker thread, through :meth:`adapted_state` and :meth:`install_state`."""
@@ -109,6 +118,14 @@ class Detector(ABC):
 
         Every sensor must be known. Returns (B,) float64 scores, higher = more anomalous.
         """
+
+    part_names: ClassVar[tuple[str, ...]] = ()
+    """The parts of a combined score, if the score is one (see :meth:`parts`)."""
+
+    def parts(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """(B, len(part_names)) each part's score, of which :meth:`score` is the largest.
+        Only for detectors with :attr:`part_names`."""
+        raise NotImplementedError(f"{self.name} has no parts")
 
     def explain(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         """Per-step contribution to each row's score, shape (B, window). Off the hot path."""

@@ -4,7 +4,10 @@ A sensor's alert is *raised* once ``k`` of its last ``n`` verdicts were anomalou
 *cleared* after ``m`` consecutive normal verdicts spanning at least ``hold_s`` seconds since
 the last anomalous one (an off-delay, as alarm systems use). While raised, further anomalous
 verdicts change nothing, so one long anomaly makes exactly one raise and one clear: no alert
-storm, even where the anomaly shows only in part of each cycle of a periodic signal.
+storm, even where the anomaly shows only in part of each cycle of a periodic signal. After a
+clear, no new alert is raised for ``refractory`` verdicts counted from the last raise, so a
+noisy stretch that flickers around its threshold costs one alert, not one a minute. Counts are
+in verdicts (readings), not seconds, so the rule means the same at 1 Hz and at 5 minutes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class AlertEvent:
     window_end: float
     alert_id: str
     top_steps: list[dict[str, float]] | None = None
+    parts: dict[str, float] | None = None
+    """For a combined score: each part's share of the threshold (1.0 = at it)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -48,6 +53,8 @@ class AlertEvent:
         }
         if self.top_steps is not None:
             doc["top_steps"] = self.top_steps
+        if self.parts is not None:
+            doc["parts"] = self.parts
         return doc
 
     def payload(self) -> bytes:
@@ -63,11 +70,14 @@ class AlertState:
     n: int
     m: int
     hold_s: float = 0.0
+    refractory: int = 0
     history: int = 0
     """The last n verdicts as bits, newest in bit 0."""
     normal_run: int = 0
     last_anomalous: float = float("-inf")
     alert_id: str | None = None
+    since_raise: int = 1 << 30
+    """Verdicts since the last raise."""
     _mask: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -84,11 +94,17 @@ class AlertState:
         """Feed one verdict (of the reading at ``ts``); return the transition it causes and
         its alert id, if any."""
         self.history = ((self.history << 1) | anomalous) & self._mask
+        self.since_raise += 1
         if anomalous:
             self.normal_run = 0
             self.last_anomalous = ts
-            if self.alert_id is None and self.history.bit_count() >= self.k:
+            if (
+                self.alert_id is None
+                and self.history.bit_count() >= self.k
+                and self.since_raise > self.refractory
+            ):
                 self.alert_id = uuid.uuid4().hex
+                self.since_raise = 0
                 return RAISED, self.alert_id
             return None
         self.normal_run += 1

@@ -137,6 +137,7 @@ class Engine:
         ends: list[float] = []
         states: list[SensorState] = []
         arrivals: list[float] = []
+        gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
         for readings, arrived in items:
             for r in readings:
@@ -144,6 +145,7 @@ class Engine:
                 st: SensorState | None = sw.state
                 if st is None:
                     st = sw.state = self._new_state(r.sensor)
+                dt = r.ts - sw.last_ts
                 due = windows.add(sw, r.ts, r.value)
                 if due.__class__ is str:
                     rejected[due] = rejected.get(due, 0) + 1
@@ -151,11 +153,12 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
-                if life.observe(r.sensor, st, r.value) and due:
+                if life.observe(r.sensor, st, r.value, dt) and due:
                     sensors.append(r.sensor)
                     states.append(st)
                     arrivals.append(arrived)
                     ends.append(r.ts)
+                    gaps.append(dt > st.gap_limit)
                     if per_reading:
                         rows.append(r.value)
                     else:
@@ -169,7 +172,9 @@ class Engine:
         if not rows:
             return []
         x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-        return self._score(det, sensors, x, stamps, ends, states, np.asarray(arrivals))
+        return self._score(
+            det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
+        )
 
     def _score(
         self,
@@ -180,6 +185,7 @@ class Engine:
         ends: list[float],
         states: list[SensorState],
         arrivals: np.ndarray,
+        gaps: np.ndarray,
     ) -> list[AlertEvent]:
         cap = self.cfg.engine.max_batch
         if len(sensors) <= cap:
@@ -189,13 +195,18 @@ class Engine:
                 [det.score(sensors[i : i + cap], x[i : i + cap]) for i in range(0, len(x), cap)]
             )
         thr = np.fromiter((st.threshold for st in states), dtype=np.float64, count=len(states))
-        verdicts = scores > thr
+        verdicts = (scores > thr) | gaps
         events: list[AlertEvent] = []
         raised_rows: list[tuple[int, int]] = []  # (event index, row index)
+        life = self.lifecycle
+        learn = life.collecting
         for i, st in enumerate(states):
             series = st.series
             series.score = float(scores[i])
-            change = st.alert.update(bool(verdicts[i]), ends[i])
+            alert = st.alert
+            change = alert.update(bool(verdicts[i]), ends[i])
+            if learn:  # auto-training learns only from readings judged normal, outside alerts
+                life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
             if change is None:
                 continue
             state, alert_id = change
@@ -204,8 +215,7 @@ class Engine:
                 self.raised[sensors[i]] = alert_id
                 series.raised += 1
                 series.active = 1
-                if det.kind == "window":
-                    raised_rows.append((len(events), i))
+                raised_rows.append((len(events), i))
             else:
                 self.raised.pop(sensors[i], None)
                 series.cleared += 1
@@ -226,7 +236,7 @@ class Engine:
                 )
             )
         if raised_rows:
-            self._explain(det, sensors, x, stamps, events, raised_rows)
+            self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
         self.metrics.windows_scored.inc(len(sensors))
         done = time.time()
         self.metrics.latency.observe(done - arrivals)
@@ -243,21 +253,40 @@ class Engine:
         stamps: list[np.ndarray],
         events: list[AlertEvent],
         which: list[tuple[int, int]],
+        thr: np.ndarray,
+        gaps: np.ndarray,
     ) -> None:
+        """Say why each raise happened (off the hot path: raises are rare): the window steps
+        that weigh most, and for a combined score each part's share of the threshold."""
         rows = [r for _, r in which]
-        contrib = det.explain([sensors[r] for r in rows], x[rows])
-        for (j, r), c in zip(which, contrib, strict=True):
-            top = np.argsort(c)[::-1][:TOP_STEPS]
-            events[j].top_steps = [
-                {"index": int(k), "ts": float(stamps[r][k]), "contribution": float(c[k])}
-                for k in top
-            ]
+        names = [sensors[r] for r in rows]
+        if det.kind == "window":
+            contrib = det.explain(names, x[rows])
+            for (j, r), c in zip(which, contrib, strict=True):
+                top = np.argsort(c)[::-1][:TOP_STEPS]
+                events[j].top_steps = [
+                    {"index": int(k), "ts": float(stamps[r][k]), "contribution": float(c[k])}
+                    for k in top
+                ]
+        parts = det.parts(names, x[rows]) if det.part_names else None
+        for n, (j, r) in enumerate(which):
+            shares = (
+                {
+                    p: round(float(v / thr[r]), 4)
+                    for p, v in zip(det.part_names, parts[n], strict=True)
+                }
+                if parts is not None
+                else {}
+            )
+            if gaps[r]:
+                shares["gap"] = 1.0
+            events[j].parts = shares or None
 
     # -- per-sensor bookkeeping -----------------------------------------------------------
 
     def _new_state(self, sensor: str) -> SensorState:
         a = self.cfg.alerts
-        alert = AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s)
+        alert = AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s, a.refractory)
         st = self.lifecycle.new_state(sensor, alert)
         alert_id = self.raised.get(sensor)
         if alert_id is not None:

@@ -24,6 +24,7 @@ replay inline), and the trained model comes back through the engine's swap.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ class SensorState:
     phase: str = WARMING
     warm: list[float] = field(default_factory=list)
     """Warm-up readings (empty once scored)."""
+    intervals: int = 0
+    """Intervals between readings seen so far (counted up to ``learning.warmup``)."""
+    max_dt: float = 0.0
+    """The longest of them."""
+    gap_limit: float = math.inf
+    """A reading after a longer gap is anomalous (a dropout); set after ``warmup`` readings."""
 
 
 class SensorLifecycle:
@@ -135,12 +142,23 @@ class SensorLifecycle:
         st.warm = []
         st.series.warming = 1
 
-    def observe(self, sensor: str, st: SensorState, value: float) -> bool:
-        """Take one accepted reading into learning; True if the sensor is scored."""
-        if self._collect is not None:  # until training data is complete
-            self._collect_reading(sensor, value)
+    def observe(self, sensor: str, st: SensorState, value: float, dt: float) -> bool:
+        """Take one accepted reading, ``dt`` after the sensor's previous one, into learning;
+        True if the sensor is scored.
+
+        The sensor's first ``learning.warmup`` intervals set its gap limit, whichever phase
+        it is in, so a sensor served by a trained model and one that warmed up detect
+        dropouts alike."""
+        learning = self.cfg.learning
+        if st.intervals < learning.warmup and dt < math.inf:
+            st.intervals += 1
+            st.max_dt = max(st.max_dt, dt)
+            if st.intervals == learning.warmup and learning.gap_factor > 0:
+                st.gap_limit = learning.gap_factor * st.max_dt
         if st.phase == SCORED:
             return True
+        if self._collect is not None:  # warm-up readings: no verdict, taken as normal
+            self._collect_reading(sensor, value)
         st.warm.append(value)
         if st.phase == WARMING:
             self._warm_up(sensor, st)
@@ -186,7 +204,8 @@ class SensorLifecycle:
             try:
                 thr = sensor_threshold(
                     det.score_series(sensor, values),
-                    self.cfg.threshold.false_alarm_rate,
+                    self.cfg.threshold,
+                    det.score_kind,
                     model.thresholds.pooled,
                     det.comparable_scores,
                 )
@@ -249,6 +268,12 @@ class SensorLifecycle:
             else:
                 self.mark_warming(st)
         log.info("swapped in %s model (%d sensors warming)", new.name, self.warming)
+
+    def collect_scored(self, sensor: str, value: float, normal: bool) -> None:
+        """Offer a scored reading to auto-training, which keeps only those judged normal and
+        outside an alert: a fault the stand-in flagged never becomes training data."""
+        if normal and self._collect is not None:
+            self._collect_reading(sensor, value)
 
     def _collect_reading(self, sensor: str, value: float) -> None:
         assert self._collect is not None

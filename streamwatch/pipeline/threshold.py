@@ -18,7 +18,12 @@ tail points put half the thresholds many times further out than the target rate 
 costing sensitivity for nothing.
 
 σ is taken at its one-sigma upper confidence bound, σ·(1 + 1/√k): a short warm-up gives a
-more cautious threshold, and the margin fades as data grow.
+more cautious threshold, and the margin fades as data grow. The extrapolation is bounded: no
+further past the largest normal score than twice that score's distance from the median.
+
+Ratio scores (the robust detector's: a deviation over the largest normal one) need no tail
+model: their threshold is ``threshold.margin`` times the largest normal score.
+:func:`sensor_threshold` is the one policy every path (train, warm-up, auto-training) uses.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+
+from streamwatch.config import ThresholdConfig
 
 MIN_SCORES = 20
 _EMPIRICAL_MIN_TAIL = 10  # use the plain quantile when at least this many scores lie beyond it
 _MIN_TAIL_POINTS = 20
 _TAIL_FRACTION = 0.05
+_MAX_REACH = 2.0
 
 
 class CalibrationError(ValueError):
@@ -64,8 +73,14 @@ def calibrate(scores: np.ndarray, false_alarm_rate: float) -> float:
     xi = min(max(xi - 1.0 / math.sqrt(k), 0.0), 0.45)
     sigma = mean * (1.0 - xi) * (1.0 + 1.0 / math.sqrt(k))
     if xi < 1e-6:
-        return float(t0 + sigma * math.log(p0 / false_alarm_rate))
-    return float(t0 + sigma / xi * ((false_alarm_rate / p0) ** (-xi) - 1.0))
+        thr = t0 + sigma * math.log(p0 / false_alarm_rate)
+    else:
+        thr = t0 + sigma / xi * ((false_alarm_rate / p0) ** (-xi) - 1.0)
+    # Bound the extrapolation: a tail fitted to a few dozen points can reach absurdly far
+    # (NAB: 0.02 to 1.3 million nats from 100-200 scores). Past the largest normal score by
+    # more than _MAX_REACH times its distance from the median, it is guesswork.
+    top, med = float(s[-1]), float(s[n // 2])
+    return float(min(thr, top + _MAX_REACH * (top - med)))
 
 
 @dataclass
@@ -107,40 +122,67 @@ class Thresholds:
 # -- the calibration policy: one function for train, warm-up and adaptation ------------------
 
 
+def calibrate_ratio(scores: np.ndarray, margin: float) -> float:
+    """``margin`` times the largest normal score: for ratio scores (a deviation over its
+    normal largest), where "half as far again as anything normal" means the same on every
+    sensor and needs no tail model. Raises :class:`CalibrationError` on too few scores."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = s[np.isfinite(s)]
+    if s.size < MIN_SCORES:
+        raise CalibrationError(f"need at least {MIN_SCORES} finite normal scores, got {s.size}")
+    top = float(s.max())
+    if top <= 0.0:
+        raise CalibrationError("every normal score is zero: nothing to scale a threshold by")
+    return margin * top
+
+
 def sensor_threshold(
-    scores: np.ndarray, false_alarm_rate: float, pooled: float | None, comparable: bool
+    scores: np.ndarray,
+    policy: ThresholdConfig,
+    kind: Literal["nll", "ratio"],
+    pooled: float | None = None,
+    comparable: bool = False,
 ) -> float:
     """One sensor's threshold from its normal scores.
 
     The one calibration policy: ``streamwatch train``, the daemon's warm-up and auto-training
-    all set a sensor's threshold here. Its own scores are calibrated at the false-alarm rate;
-    where scores are ``comparable`` across sensors (one shared model on standardised data)
-    the model's ``pooled`` threshold, calibrated on every sensor's scores together, is a floor
-    under it: one sensor's few hundred calibration scores can put its threshold far too low,
-    and a floor costs no recall when anomalies score far above. Raises
-    :class:`CalibrationError`.
+    all set a sensor's threshold here. Likelihood scores (``kind`` "nll") are calibrated at
+    ``policy.false_alarm_rate`` (:func:`calibrate`); ratio scores at ``policy.margin`` above
+    the largest (:func:`calibrate_ratio`). Where scores are ``comparable`` across sensors (one
+    shared model on standardised data) the model's ``pooled`` threshold, calibrated on every
+    sensor's scores together, is a floor under a sensor's own: one sensor's few hundred
+    calibration scores can put its threshold far too low, and a floor costs no recall when
+    anomalies score far above. Raises :class:`CalibrationError`.
     """
-    own = calibrate(scores, false_alarm_rate)
+    if kind == "ratio":
+        own = calibrate_ratio(scores, policy.margin)
+    else:
+        own = calibrate(scores, policy.false_alarm_rate)
     if comparable and pooled is not None:
         return max(own, pooled)
     return own
 
 
 def calibrate_all(
-    scores: Mapping[str, np.ndarray], false_alarm_rate: float, comparable: bool
+    scores: Mapping[str, np.ndarray],
+    policy: ThresholdConfig,
+    kind: Literal["nll", "ratio"],
+    comparable: bool,
 ) -> tuple[Thresholds, dict[str, str]]:
-    """Thresholds for a model from each sensor's held-out normal scores: the pooled one over
-    all of them, then each sensor's by :func:`sensor_threshold`. Returns the thresholds and,
-    for each sensor left without one of its own, why. Raises :class:`CalibrationError` if
-    not even the pooled threshold can be set."""
-    thresholds = Thresholds(false_alarm_rate)
+    """Thresholds for a model from each sensor's normal scores: the pooled one over all of
+    them, then each sensor's by :func:`sensor_threshold`. Returns the thresholds and, for
+    each sensor left without one of its own, why. Raises :class:`CalibrationError` if not
+    even the pooled threshold can be set."""
+    thresholds = Thresholds(policy.false_alarm_rate)
     every = [s for s in scores.values() if len(s)]
-    thresholds.pooled = calibrate(np.concatenate(every) if every else np.empty(0), false_alarm_rate)
+    thresholds.pooled = sensor_threshold(
+        np.concatenate(every) if every else np.empty(0), policy, kind
+    )
     failed: dict[str, str] = {}
     for sensor, s in scores.items():
         try:
             thresholds.per_sensor[sensor] = sensor_threshold(
-                s, false_alarm_rate, thresholds.pooled, comparable
+                s, policy, kind, thresholds.pooled, comparable
             )
         except CalibrationError as exc:
             failed[sensor] = str(exc)

@@ -1,8 +1,10 @@
 """Per-sensor sliding windows: ring buffers with a stride, a gap policy and eviction.
 
-Gap policy: a reading more than ``max_gap_s`` after the sensor's previous one starts the
-window afresh (the old partial window is discarded, counted in ``restarts``), because a
-window spanning a gap mixes two stretches of the signal the model never saw side by side.
+Gap policy: a reading more than ``max_gap_s`` after the sensor's previous one, and more than
+:data:`GAP_CADENCES` of its typical interval, starts the window afresh (the old partial
+window is discarded, counted in ``restarts``), because a window spanning a gap mixes two
+stretches of the signal the model never saw side by side. The typical interval is learned
+per sensor, so an hourly sensor is not restarted at every reading by a limit meant for 1 Hz.
 A reading whose timestamp is not after the previous one is rejected as ``out_of_order`` or
 ``duplicate_timestamp``.
 
@@ -21,6 +23,10 @@ import numpy as np
 
 from streamwatch.ingest import parse
 
+GAP_CADENCES = 10.0
+"""A gap must also exceed this many typical intervals to restart a window."""
+_CADENCE_RATE = 0.02
+
 
 @dataclass(slots=True)
 class SensorWindow:
@@ -35,6 +41,8 @@ class SensorWindow:
     since_emit: int = 0
     last_ts: float = float("-inf")
     last_seen: float = 0.0
+    typical_dt: float = 0.0
+    """The sensor's typical interval between readings (a slow running mean, 0 = unknown)."""
     state: Any = None
     """Per-sensor state of later stages (warm-up, alert state), dropped with the window."""
 
@@ -113,9 +121,15 @@ class Windows:
         """Add a reading: a rejection reason, or whether a full window is due."""
         if ts <= sw.last_ts:
             return parse.DUPLICATE if ts == sw.last_ts else parse.OUT_OF_ORDER
-        if sw.filled and ts - sw.last_ts > self.max_gap_s:
-            sw.restart()
-            self.restarts += 1
+        if sw.last_ts > float("-inf"):
+            dt = ts - sw.last_ts
+            typical = sw.typical_dt or dt
+            if dt > self.max_gap_s and dt > GAP_CADENCES * typical:
+                if sw.filled:
+                    sw.restart()
+                    self.restarts += 1
+            else:
+                sw.typical_dt = typical + _CADENCE_RATE * (min(dt, 4.0 * typical) - typical)
         return sw.push(ts, value, self.stride)
 
     def evict_idle(self, now: float) -> int:

@@ -1,0 +1,177 @@
+"""Robust combined detector: four two-sided deviations of a window from its sensor's normal.
+
+For each window (the newest readings of a sensor) it measures, against a baseline learned
+from the sensor's normal readings with robust statistics (median and MAD, so a few outliers
+in the learning data do not widen it):
+
+- ``point``: how far the newest reading lies from the normal level, ``|x - loc| / s``;
+- ``level``: how far the mean of the last ``span`` readings lies from it, in units of the
+  normal spread of such means (catches level shifts and drifts a single reading hides in
+  noise);
+- ``spread``: ``|log(sd / sd₀)|`` of the standard deviation of the last ``span`` first
+  differences against its normal value: both tails, so a noise burst or a faster signal
+  (too much movement) and a stuck or flat-lined transmitter (too little) both score;
+- ``jump``: the newest first difference against the normal spread of differences.
+
+Each part is divided by its *scale*: the largest value the part took on the learning data
+(at least a floor, so a perfectly clean signal is not armed at a hair trigger). The score is
+the largest of the four ratios: 1.0 is "as far out as the worst normal window seen, in the
+worst respect". The calibration policy (:mod:`streamwatch.pipeline.threshold`) sets the
+threshold at a margin above the normal scores. :meth:`RobustDetector.parts` gives the four
+ratios, which alerts carry so an operator sees which respect tripped.
+
+Numpy only: no TensorFlow, a few microseconds a window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streamwatch.config import RobustConfig
+from streamwatch.detectors.base import Detector, finite_values
+from streamwatch.detectors.table import SensorTable
+
+PARTS = ("point", "level", "spread", "jump")
+_MAD_TO_SD = 1.4826
+_STATE = ("loc", "s", "sm", "sd1", "d0", "k_point", "k_level", "k_spread", "k_jump")
+
+
+def _robust_scale(x: np.ndarray, floor: float) -> tuple[float, float]:
+    """(median, 1.4826·MAD) with the MAD floored at a tenth of the standard deviation and
+    at ``floor`` (constant data)."""
+    med = float(np.median(x))
+    mad = _MAD_TO_SD * float(np.median(np.abs(x - med)))
+    return med, max(mad, 0.1 * float(np.std(x)), floor)
+
+
+class RobustDetector(Detector):
+    """Per-sensor robust baseline; score = the worst of four two-sided deviation ratios."""
+
+    name = "robust"
+    kind = "window"
+    score_kind = "ratio"
+    part_names = PARTS
+
+    def __init__(self, config: RobustConfig, window: int) -> None:
+        if window < config.span + 1:
+            raise ValueError(
+                f"the robust detector needs windows.length >= span + 1 = {config.span + 1}, "
+                f"got {window}"
+            )
+        super().__init__(config, window)
+        self.cfg = config
+        self._table = SensorTable({name: ((), 1.0) for name in _STATE})
+
+    # -- learning --------------------------------------------------------------------------
+
+    def adapt(self, sensor: str, values: np.ndarray) -> None:
+        """Learn one sensor's baseline and part scales from its normal values."""
+        span = self.cfg.span
+        v = finite_values(sensor, values, least=span + 2)
+        with np.errstate(over="ignore", invalid="ignore"):
+            tiny = 1e-9 * max(1.0, float(np.max(np.abs(v))))
+            loc, s = _robust_scale(v, tiny)
+            d = np.diff(v)
+            means = np.lib.stride_tricks.sliding_window_view(v, span).mean(axis=1)
+            _, sm = _robust_scale(means, tiny)
+            sm = max(sm, self.cfg.min_mean_spread * s / math.sqrt(span))
+            _, sd1 = _robust_scale(d, tiny)
+            d_sd = np.lib.stride_tricks.sliding_window_view(d, span).std(axis=1)
+            d0 = float(np.median(d_sd))
+        if not all(math.isfinite(x) for x in (loc, s, sm, sd1, d0)):
+            raise ValueError(f"sensor {sensor!r}: baseline overflows; values too large")
+        d0 = max(d0, tiny)
+        self._table.set(
+            sensor,
+            loc=loc,
+            s=s,
+            sm=sm,
+            sd1=sd1,
+            d0=d0,
+            k_point=1.0,
+            k_level=1.0,
+            k_spread=1.0,
+            k_jump=1.0,
+        )
+        # Part scales: the worst each part was on the learning data, floored.
+        x = self.windows_of(v)
+        raw = self._raw_parts([sensor] * len(x), x) if len(x) else None
+        floors = (
+            self.cfg.min_scale,
+            self.cfg.min_scale,
+            self.cfg.min_scale_spread,
+            self.cfg.min_scale,
+        )
+        scales = {
+            f"k_{name}": max(
+                float(np.max(raw[:, i])) if raw is not None and raw.size else 0.0, floor
+            )
+            for i, (name, floor) in enumerate(zip(PARTS, floors, strict=True))
+        }
+        self._table.set(sensor, **scales)
+
+    def forget(self, sensor: str) -> None:
+        """Free the sensor's baseline (its row is reused by the next new sensor)."""
+        self._table.forget(sensor)
+
+    def knows(self, sensor: str) -> bool:
+        """Whether the sensor has a baseline."""
+        return sensor in self._table
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _raw_parts(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """(B, 4) unscaled deviations of each window."""
+        rows, c = self._table.rows(sensors), self._table.cols
+        span = self.cfg.span
+        w = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
+        loc = c["loc"][rows]
+        last = w[:, -1]
+        point = np.abs(last - loc) / c["s"][rows]
+        level = np.abs(w[:, -span:].mean(axis=1) - loc) / c["sm"][rows]
+        d = np.diff(w[:, -(span + 1) :], axis=1)
+        d0 = c["d0"][rows]
+        eps = 0.05 * d0
+        spread = np.abs(np.log((d.std(axis=1) + eps) / (d0 + eps)))
+        jump = np.abs(d[:, -1]) / c["sd1"][rows]
+        return np.stack([point, level, spread, jump], axis=1)
+
+    def parts(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """(B, 4) each part's deviation over its scale (columns in :data:`PARTS` order)."""
+        rows, c = self._table.rows(sensors), self._table.cols
+        scales = np.stack([c[f"k_{name}"][rows] for name in PARTS], axis=1)
+        return self._raw_parts(sensors, x) / scales
+
+    def score(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """The worst part ratio of each window, shape (B,)."""
+        if len(sensors) == 0:
+            return np.empty(0)
+        return self.parts(sensors, x).max(axis=1)
+
+    def explain(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
+        """Per-step share: the newest step carries the score (the parts say more)."""
+        out = np.zeros((len(sensors), self.window))
+        out[:, -1] = self.score(sensors, x)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _sensor_state(self) -> dict[str, Any]:
+        c = self._table.cols
+        return {
+            s: {name: float(c[name][self._table.row(s)]) for name in _STATE} for s in self._table
+        }
+
+    def _restore_sensor_state(self, state: dict[str, Any]) -> None:
+        for sensor, p in state.items():
+            values = {name: float(p[name]) for name in _STATE}
+            if (
+                not all(math.isfinite(v) for v in values.values())
+                or min(values[n] for n in _STATE if n != "loc") <= 0
+            ):
+                raise ValueError(f"sensor {sensor!r}: invalid baseline")
+            self._table.set(sensor, **values)
