@@ -40,6 +40,13 @@ examples:
   streamwatch simulate --sensors 8 --duration 14400 --seed 1 --csv sim.csv --events ev.csv
   streamwatch evaluate --csv sim.csv --events ev.csv --plot --out eval/
   streamwatch evaluate --simulate --nab ../shared/data/nab --plot --out eval/
+  streamwatch evaluate --skab ../shared/data/skab --skab-split 8-15 --protocol both
+  streamwatch evaluate --nab ../shared/data/nab --nab-split odd --train-seeds 0,1
+
+protocols: warmup (the engine learns each sensor from its first readings) and train (one
+model fitted on every sensor's training readings at once, as streamwatch train does, then
+the whole series replayed with it). Tune settings on NAB even, SKAB 0-7 and simulator seeds
+1-3 only; report NAB odd/all, SKAB 8-15/all and simulator seed 7.
 """
 
 
@@ -85,6 +92,26 @@ def add_parser(sub: Any) -> None:
         metavar="SUBSTR",
         help="only the NAB series whose name contains SUBSTR (repeatable)",
     )
+    g.add_argument(
+        "--skab",
+        type=Path,
+        metavar="DIR",
+        help="SKAB experiments: DIR/<family>_<n>.csv (';'-separated) and DIR/anomaly-free.csv",
+    )
+    g.add_argument(
+        "--nab-split",
+        choices=("even", "odd", "all"),
+        default="all",
+        help="NAB series sorted by name: even or odd index, or all (default all). Tune on "
+        "even; report odd/all",
+    )
+    g.add_argument(
+        "--skab-split",
+        default="all",
+        metavar="FIRST-LAST|all",
+        help="SKAB experiments by number, e.g. 0-7 or 8-15 (default all). Tune on 0-7; "
+        "report 8-15/all",
+    )
     g = p.add_argument_group("--simulate data set")
     g.add_argument("--sensors", type=int, default=8, help="sensors (default 8)")
     g.add_argument(
@@ -106,6 +133,21 @@ def add_parser(sub: Any) -> None:
         metavar="B1,B2",
         help=f"comma-separated baselines, or 'none' (default: all: "
         f"{', '.join(ALL_BASELINES)}; the scikit-learn ones need the eval extra)",
+    )
+    g.add_argument(
+        "--protocol",
+        choices=("warmup", "train", "both"),
+        default=None,
+        help="warmup: the engine learns each sensor from its first readings; train: one model "
+        "fitted on every sensor's training readings (streamwatch train), then replayed; "
+        "default both (warmup only with --model-dir, which is its own training)",
+    )
+    g.add_argument(
+        "--train-seeds",
+        default=None,
+        metavar="S1,S2",
+        help="also run the train protocol once per detector.seed and report the spread of "
+        "thresholds and of the events found",
     )
     g = p.add_argument_group("scoring and output")
     g.add_argument(
@@ -137,14 +179,34 @@ def add_parser(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from simulators.generate import AnomalySpec, read_csv, simulate
     from streamwatch.evaluation.baselines import ALL_BASELINES
-    from streamwatch.evaluation.datasets import Dataset, from_nab, from_simulated
+    from streamwatch.evaluation.datasets import (
+        Dataset,
+        from_nab,
+        from_simulated,
+        from_skab,
+        nab_split,
+        subset,
+    )
     from streamwatch.evaluation.report import markdown, plot
-    from streamwatch.evaluation.runs import OURS, evaluate
+    from streamwatch.evaluation.runs import OURS, PROTOCOLS, evaluate, seed_spread
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
-    if not (args.csv or args.simulate or args.nab):
-        raise UsageError("give --csv, --simulate or --nab (or several)")
+    if not (args.csv or args.simulate or args.nab or args.skab):
+        raise UsageError("give --csv, --simulate, --nab or --skab (or several)")
+    if cfg.model_dir is not None and args.protocol in ("train", "both"):
+        raise UsageError("--model-dir is the warmup protocol's bundle: drop --protocol train")
+    protocols = (
+        ("warmup",)
+        if cfg.model_dir is not None or args.protocol == "warmup"
+        else ("train",)
+        if args.protocol == "train"
+        else PROTOCOLS
+    )
+    try:
+        seeds = [int(x) for x in args.train_seeds.split(",")] if args.train_seeds else []
+    except ValueError:
+        raise UsageError(f"--train-seeds {args.train_seeds!r}: give integers, e.g. 0,1") from None
     names = (
         []
         if args.baselines == "none"
@@ -185,6 +247,15 @@ def _run(args: argparse.Namespace) -> int:
         if not (args.nab / "combined_windows.json").is_file():
             raise UsageError(f"{args.nab}: no combined_windows.json (not a NAB tree?)")
         ds = from_nab(args.nab, args.nab_only)
+        ds = subset(ds, nab_split(ds.sensors, args.nab_split), args.nab_split)
+        if args.tolerance is not None:
+            ds.tolerance_s = args.tolerance
+        datasets.append(ds)
+    if args.skab:
+        try:
+            ds = from_skab(args.skab, args.skab_split)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--skab: {exc}") from None
         if args.tolerance is not None:
             ds.tolerance_s = args.tolerance
         datasets.append(ds)
@@ -192,7 +263,9 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     figures: list[Path] = []
     for ds in datasets:
-        res, runs = evaluate(cfg, ds, names, cfg.model_dir, args.seed)
+        res, runs = evaluate(cfg, ds, names, cfg.model_dir, args.seed, protocols)
+        if seeds:
+            res["seed_spread"] = seed_spread(cfg, ds, seeds)
         results.append(res)
         if args.plot:
             ours = next(r for n, r in runs.items() if n.startswith(OURS))
@@ -208,6 +281,9 @@ def _run(args: argparse.Namespace) -> int:
         "alerts (k of n, clear m)": f"{cfg.alerts.raise_k} of {cfg.alerts.raise_n}, "
         f"{cfg.alerts.clear_m}",
         "seed": args.seed,
+        "protocols": ", ".join(protocols),
+        "NAB split": args.nab_split if args.nab else "-",
+        "SKAB split": args.skab_split if args.skab else "-",
         "model": _model_note(cfg.model_dir),
     }
     (args.out / "report.json").write_text(

@@ -16,6 +16,84 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+PROTOCOL_NOTES = {
+    "warmup": "warm-up: the engine learns each sensor from its own training readings",
+    "train": "train: one model fitted on every sensor's training readings at once "
+    "(plus any extra normal series), then each whole series replayed with it",
+}
+
+
+def _label(name: str, d: Mapping[str, Any]) -> str:
+    p = d.get("protocol")
+    return f"`{name}`" + (f" ({p})" if p else "")
+
+
+def protocol_lines(res: Mapping[str, Any]) -> list[str]:
+    """What each protocol did, the SKAB group figures and the NAB difference, as Markdown."""
+    dets: Mapping[str, Any] = res["detectors"]
+    lines: list[str] = []
+    for p in res.get("protocols", {}):
+        lines.append(f"- protocol {PROTOCOL_NOTES.get(p, p)}.")
+    if res.get("extra_training_series"):
+        lines.append(
+            f"- the train protocol also fits on {len(res['extra_training_series'])} extra normal "
+            "series (e.g. SKAB's anomaly-free run); the warm-up protocol learns from each "
+            "sensor's own training readings only."
+        )
+    if "nab_standard_abs_diff" in res:
+        lines.append(
+            f"- NAB standard score, |warm-up − train| = **{res['nab_standard_abs_diff']:.1f}**."
+        )
+    skab = {n: d for n, d in dets.items() if "skab" in d}
+    if skab:
+        cols = [
+            "detector",
+            "events found",
+            "false raises",
+            "point P",
+            "point R",
+            "point F1",
+            "mean delay (s)",
+        ]
+        lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for name, d in skab.items():
+            g = d["skab"]
+            lines.append(
+                f"| {_label(name, d)} | {g['found']}/{g['events']} | {g['false_raises']} | "
+                f"{_f(g['point_precision'])} | {_f(g['point_recall'])} | "
+                f"{_f(g['point_f1'])} | {_f(g['mean_delay_s'], 1)} |"
+            )
+        lines += [
+            "",
+            "An event is found when any sensor of its experiment raises inside it; a false "
+            "raise is a raise on any sensor outside every event of its experiment; point-wise "
+            "F1: a row is predicted anomalous while any sensor of its experiment has an alert "
+            "raised and not yet cleared, against the `anomaly` column, after the training rows.",
+        ]
+    return lines
+
+
+def seed_spread_lines(spread: Mapping[str, Any]) -> list[str]:
+    """The seed-spread figures as Markdown."""
+    lines = [
+        f"Seeds {spread['seeds']} on {spread['dataset']} ({spread['sensors']} sensors); the "
+        f"detector {'has' if spread['detector_has_seed'] else 'has no'} `seed` setting.",
+        "",
+        f"- threshold ratio max/min over seeds, per sensor: median "
+        f"**{_f(spread['ratio_median'])}**, worst **{_f(spread['ratio_worst'])}**"
+        + (
+            f" ({spread['ratio_undefined']} sensors with a non-positive threshold: no ratio)"
+            if spread["ratio_undefined"]
+            else ""
+        ),
+    ]
+    for seed, f in spread["found_per_seed"].items():
+        lines.append(
+            f"- seed {seed}: {f['found']}/{f['events']} events found, {f['false']} false alerts"
+        )
+    return lines
+
+
 def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> str:
     """The Markdown report for every evaluated data set."""
     lines = ["# streamwatch evaluation", ""]
@@ -29,7 +107,7 @@ def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) ->
             f"{res['sensors']} sensors/series, {res['readings']} readings, {res['events']} "
             f"labelled events; training (warm-up) readings per sensor: "
             f"{res['training_readings_per_sensor']}; alert tolerance after an event: "
-            f"{res['tolerance_s']:g} s.",
+            f"{res['tolerance_s']:g} s. Split: **{res.get('split', 'all')}**.",
             "",
         ]
         nab = any("nab" in d for d in dets.values())
@@ -47,7 +125,7 @@ def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) ->
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for name, d in dets.items():
             row = [
-                f"`{name}`",
+                _label(name, d),
                 f"{_f(d['recall'])} ({d['detected']}/{d['events']})",
                 f"{_f(d['precision'])} ({d['true_alerts']}/{d['alerts']})",
                 _f(d["f1"]),
@@ -62,6 +140,16 @@ def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) ->
                     for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
                 ]
             lines.append("| " + " | ".join(row) + " |")
+        extra = protocol_lines(res)
+        if extra:
+            lines += ["", *extra]
+        if "seed_spread" in res:
+            lines += [
+                "",
+                "### Seed spread (train protocol)",
+                "",
+                *seed_spread_lines(res["seed_spread"]),
+            ]
         first = next(iter(dets.values()), None)
         if first is not None and first["positive_rate"] is not None:
             lines += [
@@ -85,7 +173,7 @@ def markdown(results: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) ->
                 for name, d in dets.items():
                     pk = d["per_kind"]
                     lines.append(
-                        f"| `{name}` | "
+                        f"| {_label(name, d)} | "
                         + " | ".join(_f(pk[k][key], digits) if k in pk else "–" for k in kinds)
                         + " |"
                     )

@@ -221,3 +221,136 @@ def events_from_labels(
         for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1, strict=True):
             out.append(Event(sensor, float(ts[sensor][a]), float(ts[sensor][b]), kind))
     return out
+
+
+# -- events on a group of sensors (a SKAB experiment) -----------------------------------------
+
+Transition = tuple[float, str]
+"""One alert transition of one sensor: ``(ts, "raised" | "cleared")``."""
+
+
+def alert_spans(
+    transitions: Sequence[Transition], end: float = math.inf
+) -> list[tuple[float, float]]:
+    """Half-open ``[raised, cleared)`` spans from one sensor's transitions in time order.
+
+    A raise while already raised, or a clear while clear, changes nothing; an alert still
+    raised at the last transition runs to ``end``.
+    """
+    spans: list[tuple[float, float]] = []
+    opened: float | None = None
+    for t, state in transitions:
+        if state == "raised" and opened is None:
+            opened = t
+        elif state == "cleared" and opened is not None:
+            spans.append((opened, t))
+            opened = None
+    if opened is not None:
+        spans.append((opened, end))
+    return spans
+
+
+@dataclass
+class GroupScores:
+    """Figures for events that belong to a group of sensors (one SKAB experiment: 8 sensors).
+
+    An event is *found* when any sensor of its group raises inside ``[start, end]``; a raise
+    on any sensor of a group outside every event of that group is a *false raise*. The
+    point-wise figures compare, row by row, "some sensor of the group has an alert raised and
+    not yet cleared" with the group's label, pooled over groups.
+    """
+
+    events: int
+    found: int
+    recall: float | None
+    raises: int
+    false_raises: int
+    point_precision: float | None
+    point_recall: float | None
+    point_f1: float | None
+    scored_rows: int
+    mean_delay_s: float | None
+    median_delay_s: float | None
+    found_per_group: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def group_event_scores(
+    groups: Mapping[str, Sequence[str]],
+    events: Sequence[Event],
+    transitions: Mapping[str, Sequence[Transition]],
+    ts: Mapping[str, np.ndarray],
+    label: Mapping[str, np.ndarray],
+    start: Mapping[str, float] | None = None,
+) -> GroupScores:
+    """Score alert transitions against events that belong to groups of sensors.
+
+    ``groups`` maps a group to its sensors; each event's ``sensor`` is its group's name;
+    ``transitions`` holds each sensor's alert transitions; ``ts``/``label`` are each group's
+    row times and labels. Rows, raises and events before ``start[group]`` (training data) are
+    left out.
+    """
+    begin = start or {}
+    n_events = found = raises = false_raises = tp = fp = fn = rows = 0
+    delays: list[float] = []
+    per_group: dict[str, int] = {}
+    for g, sensors in sorted(groups.items()):
+        t0 = begin.get(g, -math.inf)
+        evs = [e for e in events if e.sensor == g and e.end >= t0]
+        up = np.sort(
+            np.asarray(
+                [t for s in sensors for t, st in transitions.get(s, ()) if st == "raised"],
+                dtype=np.float64,
+            )
+        )
+        up = up[up >= t0]
+        inside = np.zeros(up.size, dtype=bool)
+        per_group[g] = 0
+        for e in evs:
+            hit = (up >= e.start) & (up <= e.end)
+            inside |= hit
+            if hit.any():
+                per_group[g] += 1
+                delays.append(float(up[hit][0]) - e.start)
+        n_events += len(evs)
+        found += per_group[g]
+        raises += up.size
+        false_raises += int((~inside).sum())
+        if g not in ts:
+            continue
+        t = np.asarray(ts[g], dtype=np.float64)
+        y = np.asarray(label[g]).astype(bool)
+        pred = np.zeros(t.size, dtype=bool)
+        for s in sensors:
+            for a, b in alert_spans(list(transitions.get(s, ()))):
+                pred |= (t >= a) & (t < b)
+        use = t >= t0
+        rows += int(use.sum())
+        tp += int((pred & y & use).sum())
+        fp += int((pred & ~y & use).sum())
+        fn += int((~pred & y & use).sum())
+    p = _ratio(tp, tp + fp)
+    r = _ratio(tp, tp + fn)
+    if r is None:
+        f1 = None
+    elif not p or not r:
+        f1 = 0.0  # no row predicted, or none right
+    else:
+        f1 = 2 * p * r / (p + r)
+    return GroupScores(
+        events=n_events,
+        found=found,
+        recall=_ratio(found, n_events),
+        raises=raises,
+        false_raises=false_raises,
+        point_precision=p,
+        point_recall=r,
+        point_f1=f1,
+        scored_rows=rows,
+        mean_delay_s=float(np.mean(delays)) if delays else None,
+        median_delay_s=float(np.median(delays)) if delays else None,
+        found_per_group=per_group,
+    )
