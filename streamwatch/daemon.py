@@ -36,6 +36,8 @@ from streamwatch.training import train_in_place
 log = logging.getLogger(__name__)
 
 IDLE_SWEEP_S = 10.0
+LEARNED_SAVE_S = 300.0
+"""How often what the daemon learned online (warmed-up sensors) is saved under state_dir."""
 STALL_S = 30.0
 """The worker counts as stuck (``/readyz`` fails) when its loop has not turned for this long."""
 
@@ -109,6 +111,8 @@ class Daemon:
         self._stopped = threading.Event()
         self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._reloading = threading.Lock()
+        self._saving_model = threading.Lock()
+        self._saved_version = self.engine.lifecycle.version
 
     # -- health ---------------------------------------------------------------------------
 
@@ -238,7 +242,8 @@ class Daemon:
             auto = auto_model_dir(self.cfg)
             if auto is not None:
                 try:
-                    bundle.save(model, auto)
+                    with self._saving_model:
+                        bundle.save(model, auto)
                 except OSError as exc:
                     log.warning("cannot keep the trained model in %s: %s", auto, exc)
             with tfquiet.filtered_native_stderr():
@@ -255,6 +260,28 @@ class Daemon:
             )
 
         threading.Thread(target=run, name="trainer", daemon=True).start()
+
+    def _save_learned(self) -> None:
+        """Keep what was learned online (each warmed-up sensor's state and threshold) under
+        ``state_dir``, so a restart scores at once with the same thresholds instead of
+        warming every sensor up again. Worker thread only; not with a ``model_dir`` (that
+        bundle is the operator's)."""
+        auto = auto_model_dir(self.cfg)
+        model = self.engine.model
+        version = self.engine.lifecycle.version
+        if (
+            auto is None
+            or self.cfg.model_dir is not None
+            or model.name != self.cfg.detector.type  # the stand-in scores while training
+            or version == self._saved_version
+        ):
+            return
+        try:
+            with self._saving_model:
+                bundle.save(model, auto)
+            self._saved_version = version
+        except OSError as exc:
+            log.warning("cannot keep the learned model in %s: %s", auto, exc)
 
     def _load_alert_state(self) -> dict[str, str]:
         if self.state_file is None or not self.state_file.exists():
@@ -283,6 +310,7 @@ class Daemon:
 
     def _work(self) -> None:
         next_sweep = time.time() + IDLE_SWEEP_S
+        next_save = time.time() + LEARNED_SAVE_S
         watchdog_every = (sdnotify.watchdog_interval() or 20.0) / 2
         next_watchdog = 0.0
         try:
@@ -306,8 +334,12 @@ class Daemon:
                 if now >= next_sweep:
                     self.engine.evict_idle(now)
                     next_sweep = now + IDLE_SWEEP_S
+                if now >= next_save:
+                    self._save_learned()
+                    next_save = now + LEARNED_SAVE_S
                 if stopping and not len(self.handoff):
                     break
+            self._save_learned()
         finally:
             self.engine.close()
             self._stopped.set()

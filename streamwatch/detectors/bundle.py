@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +94,30 @@ def library_versions(with_tf: bool) -> dict[str, str]:
 
 
 def save(model: Model, path: Path) -> None:
-    """Write the whole bundle to ``path`` (created if needed); the manifest lands last, so a
-    half-written bundle will not load."""
+    """Write the whole bundle to ``path``, replacing what was there.
+
+    The bundle is written and synced in a sibling directory first, then renamed into place,
+    so a crash leaves the old bundle or the new one, never a mix (the daemon saves what it
+    learned while it runs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = path.with_name(f".{path.name}.new")
+    old = path.with_name(f".{path.name}.old")
+    for stale in (new, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    _write(model, new)
+    if path.exists():
+        path.rename(old)
+    new.rename(path)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("saved %s model to %s", model.name, path)
+
+
+def _write(model: Model, path: Path) -> None:
     det = model.detector
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir()
     files = {
         SENSORS: json.dumps(det._sensor_state(), sort_keys=True),
         THRESHOLDS: json.dumps(model.thresholds.to_json(), sort_keys=True),
@@ -114,10 +136,10 @@ def save(model: Model, path: Path) -> None:
         "versions": library_versions(det.kind == "window"),
         "files": {n: _sha256(path / n) for n in names},
     }
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path / MANIFEST)
-    log.info("saved %s model to %s", det.name, path)
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    for f in path.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def _sha256(path: Path) -> str:

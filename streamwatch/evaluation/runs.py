@@ -175,7 +175,13 @@ def run_baseline(name: str, cfg: Any, ds: Dataset, seed: int = 0) -> Run:
         thr = calibrate(calib, cfg.threshold.false_alarm_rate)
         verdict = np.nan_to_num(sc, nan=-np.inf) > thr
         alerts[s] = alert_onsets(
-            ds.ts[s][n:], verdict[n:], a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s
+            ds.ts[s][n:],
+            verdict[n:],
+            a.raise_k,
+            a.raise_n,
+            a.clear_m,
+            a.clear_hold_s,
+            a.refractory,
         )
         sc[:n] = np.nan  # training readings, as for our detector
         score[s] = sc

@@ -195,13 +195,19 @@ def event_scores(
 
 
 def alert_onsets(
-    ts: np.ndarray, verdicts: np.ndarray, k: int, n: int, m: int, hold_s: float = 0.0
+    ts: np.ndarray,
+    verdicts: np.ndarray,
+    k: int,
+    n: int,
+    m: int,
+    hold_s: float = 0.0,
+    refractory: int = 0,
 ) -> np.ndarray:
     """Times at which the daemon's alert state machine (k of n up; m down, after an off-delay
-    of ``hold_s``) would raise."""
+    of ``hold_s``; no raise within ``refractory`` verdicts of the last) would raise."""
     from streamwatch.pipeline.alerts import RAISED, AlertState
 
-    state = AlertState(k, n, m, hold_s)
+    state = AlertState(k, n, m, hold_s, refractory)
     out = []
     for t, v in zip(np.asarray(ts).tolist(), np.asarray(verdicts).tolist(), strict=True):
         change = state.update(bool(v), t)

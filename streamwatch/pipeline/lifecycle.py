@@ -95,6 +95,8 @@ class SensorLifecycle:
         self._pool: ThreadPoolExecutor | None = None
         self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
         self._collect: dict[str, list[float]] | None = None
+        self.version = 0
+        """Counts changes to what the model holds (sensors learned, forgotten, a swap)."""
         if needs_stand_in(model, cfg) and on_training_data is not None:
             self._collect = {}
             log.info(
@@ -213,6 +215,7 @@ class SensorLifecycle:
                 self._fit_failed(sensor, st, exc)
                 return
             model.thresholds.per_sensor[sensor] = thr
+            self.version += 1
         self.mark_scored(st, thr)
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
 
@@ -260,6 +263,7 @@ class SensorLifecycle:
         others warm up again."""
         new.detector.max_batch = self.cfg.engine.max_batch
         self.model = new
+        self.version += 1
         self._learned.clear()  # the new model learns its own
         for sensor, st in states.items():
             thr = new.thresholds.get(sensor)
@@ -310,6 +314,7 @@ class SensorLifecycle:
                 self._learned.discard(sensor)
                 self.model.detector.forget(sensor)
                 self.model.thresholds.per_sensor.pop(sensor, None)
+                self.version += 1
             if self._collect is not None:
                 self._collect.pop(sensor, None)
 

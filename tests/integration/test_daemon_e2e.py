@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamwatch.config import Config, from_mapping
+from streamwatch.config import Config, from_mapping, override
 from streamwatch.daemon import Daemon
 from tests.helpers import (
     Collector,
@@ -233,3 +234,42 @@ def test_alert_payload_is_json_with_sensor_topic(mosquitto: Mosquitto) -> None:
         assert registry.get_sample_value("streamwatch_windows_scored_total") == 50
     finally:
         daemon.stop()
+
+
+def test_restart_keeps_what_was_learned(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A sensor warmed up before a restart is scored at once after it, at the same threshold:
+    the daemon keeps its online-learned model under state_dir (saved on stop)."""
+    cfg = _cfg(mosquitto, learning={"warmup": 50})
+    cfg = override(cfg, {"state_dir": str(tmp_path / "state")})
+    t0 = time.time() - 3000
+    first = Daemon(cfg, registry=CollectorRegistry())
+    first.start()
+    assert first.wait_ready(10)
+    pub = Publisher(mosquitto.port)
+    for i in range(80):
+        pub.reading("fan", 1.0 + 0.01 * (i % 7), t0 + i)
+    pub.flush()
+    reg1 = first.registry
+    assert wait_until(
+        lambda: reg1.get_sample_value("streamwatch_threshold", {"sensor": "fan"}) is not None
+    )
+    before = reg1.get_sample_value("streamwatch_threshold", {"sensor": "fan"})
+    first.stop()
+    assert (tmp_path / "state" / "model" / "manifest.json").is_file()
+
+    reg2 = CollectorRegistry()
+    second = Daemon(cfg, registry=reg2)
+    second.start()
+    try:
+        assert second.wait_ready(10)
+        pub.reading("fan", 1.02, t0 + 100)
+        pub.flush()
+        assert wait_until(
+            lambda: reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"}) == 1
+        )
+        assert reg2.get_sample_value("streamwatch_sensor_warming", {"sensor": "fan"}) == 0
+        after = reg2.get_sample_value("streamwatch_threshold", {"sensor": "fan"})
+        assert after == before
+    finally:
+        pub.close()
+        second.stop()
