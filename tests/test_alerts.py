@@ -98,3 +98,19 @@ def test_without_off_delay_the_same_anomaly_flaps() -> None:
         change = st.update((i % 100) < 20, i / 10.0)
         raised += bool(change and change[0] == RAISED)
     assert raised == 6
+
+
+def test_refractory_no_new_raise_soon_after_the_last() -> None:
+    """A stretch that flickers around its threshold costs one alert per refractory period."""
+    st = AlertState(k=1, n=1, m=2, refractory=10)
+    flicker = "100" * 12  # raise, clear after 2 normal verdicts, anomalous again at once ...
+    events = [e for e in run(st, flicker) if e]
+    # 36 verdicts, anomalous every third: raises at verdicts 0, 12 and 24 only
+    assert events.count(RAISED) == 3 and events[0] == RAISED
+    st2 = AlertState(k=1, n=1, m=2, refractory=0)
+    assert [e for e in run(st2, flicker) if e].count(RAISED) == 12
+
+
+def test_parts_travel_in_the_payload() -> None:
+    ev = AlertEvent("s", RAISED, 1.0, 2.0, 1.5, "robust", 0.0, 1.0, "id", None, {"level": 1.3})
+    assert json.loads(ev.payload())["parts"] == {"level": 1.3}

@@ -204,3 +204,56 @@ def test_auto_training_swaps_in_the_lstm_vae_mid_stream_without_losing_readings(
     raised = [e for e in events if e.state == "raised" and e.sensor == "a"]
     assert raised and raised[-1].detector == "lstm-vae"
     assert 1.7e9 + 1000 <= raised[-1].ts <= 1.7e9 + 1040
+
+
+# -- mechanisms of the detection policy ----------------------------------------------------
+
+
+def _feed(c: Config, values: np.ndarray, stamps: np.ndarray | None = None) -> list:
+    """Replay one sensor 'a' through a fresh engine; its alert transitions."""
+    ts = 1.7e9 + (np.arange(values.size, dtype=float) if stamps is None else stamps)
+    return replay(c, fresh_model(c), {"a": (ts, values)})
+
+
+def test_robust_default_flags_a_flatline_as_too_little_movement() -> None:
+    """Both tails: a stuck transmitter is anomalous although every reading is in range."""
+    rng = np.random.default_rng(5)
+    v = np.sin(np.arange(3000) / 8.0) + rng.normal(0, 0.1, 3000)
+    v[2000:2200] = v[1999]
+    c = from_mapping({"learning": {"warmup": 500}})
+    assert c.detector.type == "robust"
+    events = [e for e in _feed(c, v) if e.state == "raised"]
+    assert len(events) == 1 and 1.7e9 + 2000 <= events[0].ts <= 1.7e9 + 2020
+    assert events[0].parts is not None and events[0].parts["spread"] > 1.0
+
+
+def test_a_reading_after_a_long_gap_is_a_dropout() -> None:
+    rng = np.random.default_rng(6)
+    v = 5.0 + rng.normal(0, 0.1, 1500)
+    stamps = np.arange(1500, dtype=float)
+    stamps[1000:] += 60.0  # one minute of silence at 1 Hz
+    c = from_mapping({"learning": {"warmup": 500}, "windows": {"max_gap_s": 300}})
+    events = [e for e in _feed(c, v, stamps) if e.state == "raised"]
+    assert len(events) == 1 and events[0].ts == 1.7e9 + 1060.0
+    assert events[0].parts is not None and events[0].parts.get("gap") == 1.0
+    off = from_mapping({"learning": {"warmup": 500, "gap_factor": 0}})
+    assert not [e for e in _feed(off, v, stamps) if e.state == "raised"]
+
+
+def test_auto_training_never_learns_from_what_the_stand_in_flagged() -> None:
+    c = from_mapping(
+        {
+            "detector": {"type": "lstm-vae"},
+            "learning": {"warmup": 100, "auto_train_readings": 400},
+            "alerts": {"clear_m": 5, "clear_hold_s": 0, "refractory": 0},
+        }
+    )
+    collected: dict[str, np.ndarray] = {}
+    eng = Engine(c, fresh_model(c), Metrics(CollectorRegistry()), lambda ev: None, collected.update)
+    rng = np.random.default_rng(7)
+    v = 10.0 + rng.normal(0, 0.5, 600)
+    v[250:260] += 50.0  # flagged by the Gaussian stand-in
+    rows = [Reading("a", 1.0 + i, float(x)) for i, x in enumerate(v)]
+    eng.process([(rows, 0.0)], now=700.0)
+    got = collected["a"]
+    assert got.size == 400 and got.max() < 20.0  # none of the fault, and none while raised

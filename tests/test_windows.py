@@ -76,3 +76,14 @@ def test_memory_stays_bounded_under_topic_churn() -> None:
         w.add(sw, float(i), 1.0)
         w.evicted_ids.clear()
     assert len(w) == 1000 and w.evicted == 99_000
+
+
+def test_gap_restart_is_relative_to_the_sensor_cadence() -> None:
+    """An hourly sensor is not restarted at every reading by a 10 s limit; a gap of many of
+    its own intervals still restarts it."""
+    w = make(length=3, gap=10.0)
+    sw = w.get("hourly", 0.0)
+    due = [w.add(sw, 3600.0 * t, float(t)) for t in range(1, 6)]
+    assert due == [False, False, True, True, True] and w.restarts == 0
+    w.add(sw, 3600.0 * 5 + 3600.0 * 20, 1.0)  # 20 intervals of silence
+    assert w.restarts == 1
