@@ -181,7 +181,7 @@ def _demo_narration() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
     handler.addFilter(_NoAlertLines())
-    for name in ("streamwatch.daemon", "streamwatch.pipeline.engine"):
+    for name in ("streamwatch.daemon", "streamwatch.pipeline.lifecycle"):
         lg = logging.getLogger(name)
         lg.setLevel(logging.INFO)
         lg.addHandler(handler)
