@@ -52,15 +52,17 @@ def make_app(
 ) -> Callable[..., Iterable[bytes]]:
     """A WSGI app serving /metrics, /healthz and /readyz (optionally behind basic auth)."""
     metrics_app = make_wsgi_app(registry)
-    expected = None
+    expected: bytes | None = None
     if basic_auth is not None:
-        expected = "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+        token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+        expected = f"Basic {token}".encode()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
-        if expected is not None and not hmac.compare_digest(
-            environ.get("HTTP_AUTHORIZATION", ""), expected
-        ):
+        # WSGI hands headers over as latin-1 text; compared as bytes, a non-ASCII header is
+        # just a wrong password (compare_digest refuses non-ASCII str with a TypeError).
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if expected is not None and not hmac.compare_digest(given, expected):
             start_response(
                 "401 Unauthorized",
                 [("WWW-Authenticate", 'Basic realm="streamwatch"'), ("Content-Type", "text/plain")],
