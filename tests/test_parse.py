@@ -69,8 +69,16 @@ def test_batch_keeps_good_items_and_counts_bad_ones() -> None:
         {"ts": NOW},
     ]
     out = p(json.dumps(batch))
-    assert [r.value for r in out.readings] == [1.0, 5.0, 2.0]
-    assert sorted(out.rejects) == sorted(["non_numeric"] * 4)
+    assert [r.value for r in out.readings] == [1.0, 2.0]
+    assert sorted(out.rejects) == sorted(["non_numeric"] * 4 + ["missing_timestamp"])
+
+
+def test_batch_items_need_their_own_timestamps() -> None:
+    """All at the arrival time, every item but the first used to be a duplicate_timestamp;
+    now each is rejected by name (issue 12, item 3). A one-item array keeps arrival time."""
+    out = p(json.dumps([{"value": 1}, {"value": 2}, 3]))
+    assert out.readings == [] and out.rejects == ["missing_timestamp"] * 3
+    assert p(json.dumps([{"value": 1}])).readings == [Reading("pump1", NOW, 1.0)]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ BAD_TOPIC: Final = "bad_topic"
 BATCH_TOO_LARGE: Final = "batch_too_large"
 OUT_OF_ORDER: Final = "out_of_order"
 DUPLICATE: Final = "duplicate_timestamp"
+MISSING_TIMESTAMP: Final = "missing_timestamp"
 SHED: Final = "shed_overload"
 
 REASONS: Final = (
@@ -49,6 +50,7 @@ REASONS: Final = (
     BATCH_TOO_LARGE,
     OUT_OF_ORDER,
     DUPLICATE,
+    MISSING_TIMESTAMP,
     SHED,
 )
 
@@ -136,16 +138,21 @@ def _looks_numeric(s: str) -> bool:
     return True
 
 
-def _item(sensor: str, obj: Any, now: float, cfg: PayloadConfig, out: Decoded) -> None:
+def _item(
+    sensor: str, obj: Any, now: float, cfg: PayloadConfig, out: Decoded, batch: bool = False
+) -> None:
+    """Decode one reading. In a batch (an array of several) each needs its own timestamp:
+    the arrival time is one instant, and readings sharing it would all be duplicates."""
     if not isinstance(obj, dict):
         value = _number(obj)
-        ts: float | str = now
+        ts: float | str = MISSING_TIMESTAMP if batch else now
     else:
         if cfg.value_field not in obj:
             out.rejects.append(NON_NUMERIC)
             return
         value = _number(obj[cfg.value_field])
-        ts = _timestamp(obj.get(cfg.timestamp_field), now, cfg)
+        stamp = obj.get(cfg.timestamp_field)
+        ts = MISSING_TIMESTAMP if batch and stamp is None else _timestamp(stamp, now, cfg)
     if isinstance(value, str):
         out.rejects.append(value)
     elif isinstance(ts, str):
@@ -190,8 +197,9 @@ def parse(topic: str, payload: bytes, now: float, cfg: PayloadConfig) -> Decoded
         if len(obj) > cfg.max_batch:
             out.rejects.append(BATCH_TOO_LARGE)
             return out
+        batch = len(obj) > 1
         for item in obj:
-            _item(sensor, item, now, cfg, out)
+            _item(sensor, item, now, cfg, out, batch)
     else:
         _item(sensor, obj, now, cfg, out)
     return out
