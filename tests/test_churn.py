@@ -214,3 +214,16 @@ def test_lstm_vae_forgets_an_online_sensors_standardisation() -> None:
     det.install_state({"x": {"mean": 1.0, "std": 2.0, "model": "shared"}})
     det.forget("x")
     assert det._sensor_state() == {}
+
+
+def test_a_sensor_evicted_later_in_the_same_batch_is_still_scored() -> None:
+    """Its window came due, then more than max_sensors others arrived in the same drain:
+    scoring it must not fail (it raised KeyError and lost every reading of the drain)."""
+    rig = _Rig(_cfg(2, 10))
+    rig.feed(["a"], per_sensor=40)  # a warmed up (warmup 20) and scored from then on
+    assert rig.det.knows("a")
+    items = [([Reading("a", NOW - 100, 99.0)], NOW)]  # due, and anomalous
+    items += [([Reading(s, NOW - 100, 20.0)], NOW) for s in ("b", "c", "d")]
+    events = rig.engine.process(items, now=NOW)
+    assert [(e.sensor, e.state) for e in events] == [("a", "raised")]
+    assert "a" not in rig.engine.windows.sensors and not rig.det.knows("a")

@@ -168,13 +168,16 @@ class Engine:
             self.metrics.rejected.labels(reason).inc(n)
         if windows.restarts != restarts:
             self.metrics.window_restarts.inc(windows.restarts - restarts)
+        events: list[AlertEvent] = []
+        if rows:
+            x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+            events = self._score(
+                det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
+            )
+        # Only now: a sensor evicted by later readings of this batch still has its due window
+        # scored with the state it had (issue 12, item 1: it raised KeyError, losing the batch).
         self._evicted()
-        if not rows:
-            return []
-        x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-        return self._score(
-            det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
-        )
+        return events
 
     def _score(
         self,

@@ -479,9 +479,7 @@ def test_metrics_basic_auth(monkeypatch: pytest.MonkeyPatch) -> None:
         # A non-ASCII header (raw latin-1 bytes on the wire) is a 401, not a 500 and a
         # traceback (issue 12, item 6).
         with socket.create_connection(("127.0.0.1", daemon.metrics_port), timeout=5) as sock:
-            sock.sendall(
-                b"GET /metrics HTTP/1.0\r\nAuthorization: Basic \xe9\xe8\xff\r\n\r\n"
-            )
+            sock.sendall(b"GET /metrics HTTP/1.0\r\nAuthorization: Basic \xe9\xe8\xff\r\n\r\n")
             reply = sock.recv(200)
         assert reply.split(b"\r\n", 1)[0].endswith(b"401 Unauthorized"), reply
     finally:
