@@ -14,8 +14,10 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 _NOISE = re.compile(
     r"Unable to register cu(FFT|DNN|BLAS) factory"
@@ -37,28 +39,62 @@ def is_noise(line: str) -> bool:
     return _NOISE.search(line) is not None
 
 
+class _Capture:
+    """The one process-wide capture of fd 2, shared by overlapping users: the first in swaps
+    fd 2 for a temporary file, the last out puts it back and replays it. (Each use swapping
+    on its own left fd 2 on a deleted file when two overlapped, e.g. a SIGHUP reload during
+    the worker's warm-up: every later log line vanished.)"""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved = -1
+        self.caught: IO[bytes] | None = None
+
+    def enter(self) -> None:
+        with self.lock:
+            self.depth += 1
+            if self.depth > 1:
+                return
+            sys.stderr.flush()
+            self.saved = os.dup(2)
+            self.caught = tempfile.TemporaryFile()  # noqa: SIM115  (closed in leave())
+            os.dup2(self.caught.fileno(), 2)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth > 0:
+                return
+            sys.stderr.flush()
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            caught, self.caught = self.caught, None
+            assert caught is not None
+            with caught:
+                caught.seek(0)
+                text = caught.read().decode("utf-8", errors="replace")
+        kept = "".join(ln for ln in text.splitlines(keepends=True) if not is_noise(ln))
+        if kept:
+            sys.stderr.write(kept)
+            sys.stderr.flush()
+
+
+_capture = _Capture()
+
+
 @contextmanager
 def filtered_native_stderr() -> Iterator[None]:
-    """Hold back fd 2 while the block runs; then replay it without the known noise."""
+    """Hold back fd 2 while the block runs; then replay it without the known noise. Safe
+    to nest and to use from several threads at once."""
     if os.environ.get("STREAMWATCH_TF_VERBOSE"):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            text = caught.read().decode("utf-8", errors="replace")
-            kept = "".join(ln for ln in text.splitlines(keepends=True) if not is_noise(ln))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+    _capture.enter()
+    try:
+        yield
+    finally:
+        _capture.leave()
 
 
 def import_tensorflow() -> None:

@@ -55,3 +55,32 @@ def test_exception_in_block_still_restores_stderr(capfd: pytest.CaptureFixture[s
         raise RuntimeError("boom")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "before the failure\nafter\n"
+
+
+def test_overlapping_uses_from_two_threads_leave_stderr_working(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Two overlapping captures (worker warm-up and a SIGHUP reload, say) must not leave fd 2
+    on a deleted file: everything written is replayed and later lines still arrive
+    (issue 12, item 2)."""
+    import threading
+
+    first_in = threading.Event()
+    second_done = threading.Event()
+
+    def outer() -> None:
+        with filtered_native_stderr():
+            os.write(2, b"from the first\n")
+            first_in.set()
+            second_done.wait(5)
+
+    t = threading.Thread(target=outer)
+    t.start()
+    first_in.wait(5)
+    with filtered_native_stderr():  # starts inside the first, ends before it
+        os.write(2, b"from the second\n")
+    second_done.set()
+    t.join(5)
+    os.write(2, b"after both\n")
+    err = capfd.readouterr().err
+    assert err == "from the first\nfrom the second\nafter both\n"
