@@ -76,6 +76,13 @@ class MQTTConfig(_Strict):
     session_expiry_s: int = Field(
         86400, ge=0, description="MQTT 5 session expiry; >0 keeps queued readings across restarts."
     )
+    receive_maximum: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may send "
+        "at once. Messages are acknowledged once scored, so this bounds what the daemon holds.",
+    )
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
     alert_prefix: str = Field("streamwatch/alerts", min_length=1)

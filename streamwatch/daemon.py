@@ -26,16 +26,22 @@ from streamwatch.config import Config
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.mqtt import MQTTLink
+from streamwatch.logutil import RateLimited
 from streamwatch.outputs import httpd
 from streamwatch.outputs.metrics import Metrics
+from streamwatch.outputs.outbox import Outbox
 from streamwatch.pipeline.alerts import RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
-from streamwatch.pipeline.handoff import Handoff
+from streamwatch.pipeline.handoff import Handoff, Queued
 from streamwatch.training import train_in_place
 
 log = logging.getLogger(__name__)
+_limited = RateLimited(log)
 
 IDLE_SWEEP_S = 10.0
+SLICE_READINGS = 5000
+"""The worker scores a large backlog in slices of about this many readings, acknowledging each
+and telling the watchdog it is alive between them."""
 LEARNED_SAVE_S = 300.0
 """How often what the daemon learned online (warmed-up sensors) is saved under state_dir."""
 STALL_S = 30.0
@@ -95,6 +101,10 @@ class Daemon:
         model, source = build_model(cfg)
         self.metrics.set_model(model.name, model.hyper_hash, source)
         self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
+        self.outbox = Outbox(
+            cfg.state_dir / "outbox.jsonl" if cfg.state_dir else None, self.link.publish
+        )
+        self.link.on_published = self.outbox.published
         self.engine = Engine(
             cfg,
             model,
@@ -109,6 +119,8 @@ class Daemon:
         self.heartbeat = time.time()
         self._stop = threading.Event()
         self._stopped = threading.Event()
+        self._warm = threading.Event()
+        """Set once the worker has warmed the model up (READY=1 waits for it)."""
         self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._reloading = threading.Lock()
         self._saving_model = threading.Lock()
@@ -169,14 +181,15 @@ class Daemon:
         self.link.accepting = False
         self._stop.set()
         if not self._stopped.wait(timeout):
-            # Those readings were acknowledged on hand-off: the broker will not resend them.
-            log.error(
-                "stopping: the worker did not finish scoring within %.0fs; readings it still "
-                "held are lost (%d queued)",
-                timeout,
+            # Not acknowledged yet, so not lost: the broker delivers them again next session.
+            log.warning(
+                "stopping: %d queued readings not scored within %.0fs are left "
+                "unacknowledged; the broker will deliver them again",
                 len(self.handoff),
+                timeout,
             )
         self.link.stop(min(timeout, 5.0))
+        self.outbox.close()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -186,8 +199,10 @@ class Daemon:
         """Block until subscribed (True) or ``timeout`` passes (False)."""
         return self.link.subscribed.wait(timeout)
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM/SIGINT; SIGHUP reloads the model. Call from the main thread."""
+    def run_forever(self) -> int:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the model. Call from the main thread.
+        Returns the exit code: 1 if the worker died (so systemd or Docker restarts the daemon
+        instead of it acknowledging nothing forever), else 0."""
         stop = threading.Event()
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -202,11 +217,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, on_hup)
         self.start()
         notified = False
+        code = 0
         while not stop.wait(0.5):
-            if not notified and self.link.subscribed.is_set():
+            if not notified and self.link.subscribed.is_set() and self._warm.is_set():
                 sdnotify.ready()
                 notified = True
+            if not self._worker.is_alive():
+                log.critical("the worker thread died; stopping so that the service restarts")
+                code = 1
+                break
         self.stop()
+        return code
 
     def reload(self) -> bool:
         """Reload ``model_dir`` off the worker thread and swap it in; False if it failed."""
@@ -301,7 +322,10 @@ class Daemon:
         tmp = self.state_file.with_suffix(".tmp")
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"raised": raised}), encoding="utf-8")
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write(json.dumps({"raised": raised}))
+                f.flush()
+                os.fsync(f.fileno())
             tmp.replace(self.state_file)
         except OSError as exc:
             log.error("cannot save alert state to %s: %s", self.state_file, exc)
@@ -316,16 +340,17 @@ class Daemon:
         try:
             with tfquiet.filtered_native_stderr():
                 self.engine.detector.warm_up()
+            self._warm.set()
             while True:
                 stopping = self._stop.is_set()
                 items = self.handoff.drain(0 if stopping else 0.2)
-                if items:
-                    try:
-                        self.engine.process(items)
-                    except Exception:
-                        log.exception("error processing %d messages; carrying on", len(items))
-                    if (raised := self.engine.raised_changes()) is not None:
-                        self._save_alert_state(raised)
+                for part in _slices(items, SLICE_READINGS):
+                    self._process(part)
+                    now = time.time()
+                    self.heartbeat = now
+                    if now >= next_watchdog:
+                        sdnotify.watchdog()
+                        next_watchdog = now + watchdog_every
                 now = time.time()
                 self.heartbeat = now
                 if now >= next_watchdog:
@@ -344,9 +369,30 @@ class Daemon:
             self.engine.close()
             self._stopped.set()
 
+    def _process(self, items: list[Queued]) -> None:
+        """Score one slice, make its alerts durable, then acknowledge its messages: a reading
+        is acknowledged only once it was scored and any alert it caused is in the outbox."""
+        try:
+            self.engine.process(items)
+        except Exception:
+            # Deterministic failures would recur on redelivery: acknowledge, but say so.
+            self.metrics.message_errors.inc(len(items))
+            _limited.log(
+                logging.ERROR,
+                "process_error",
+                "error processing %d messages (acknowledged, counted in "
+                "streamwatch_message_errors_total); carrying on",
+                len(items),
+                exc_info=True,
+            )
+        self.outbox.flush()
+        if (raised := self.engine.raised_changes()) is not None:
+            self._save_alert_state(raised)
+        self.link.ack([tok for *_, tok in items if tok is not None])
+
     def _publish_event(self, ev: AlertEvent) -> None:
         mq = self.cfg.mqtt
-        self.link.publish(f"{mq.alert_prefix}/{ev.sensor}", ev.payload())
+        self.outbox.add(f"{mq.alert_prefix}/{ev.sensor}", ev.payload())
         state = {
             "state": ev.state,
             "alert_id": ev.alert_id,
@@ -354,7 +400,7 @@ class Daemon:
             "score": ev.score,
             "threshold": ev.threshold,
         }
-        self.link.publish(f"{mq.state_prefix}/{ev.sensor}", json.dumps(state).encode(), retain=True)
+        self.outbox.add(f"{mq.state_prefix}/{ev.sensor}", json.dumps(state).encode(), retain=True)
         level = logging.WARNING if ev.state == RAISED else logging.INFO
         log.log(
             level,
@@ -367,3 +413,20 @@ class Daemon:
         )
         if self.on_alert is not None:
             self.on_alert(ev)
+
+
+def _slices(items: list[Queued], size: int) -> list[list[Queued]]:
+    """Consecutive runs of messages holding about ``size`` readings each (never splitting a
+    message), so a large backlog is scored, acknowledged and reported alive piece by piece."""
+    out: list[list[Queued]] = []
+    part: list[Queued] = []
+    n = 0
+    for item in items:
+        part.append(item)
+        n += len(item[0])
+        if n >= size:
+            out.append(part)
+            part, n = [], 0
+    if part:
+        out.append(part)
+    return out

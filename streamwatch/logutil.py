@@ -20,8 +20,9 @@ class RateLimited:
         self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (start, logged, dropped)
         self._lock = threading.Lock()
 
-    def log(self, level: int, key: str, msg: str, *args: object) -> None:
-        """Log ``msg % args`` unless ``key`` has used up its quota for this interval."""
+    def log(self, level: int, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        """Log ``msg % args`` (with the current traceback if ``exc_info``) unless ``key`` has
+        used up its quota for this interval."""
         now = time.monotonic()
         with self._lock:
             start, logged, dropped = self._windows.get(key, (now, 0, 0))
@@ -35,4 +36,4 @@ class RateLimited:
             self._windows[key] = (start, logged + 1, dropped)
             if len(self._windows) > 1000:  # keys are bounded by design; this is a backstop
                 self._windows.clear()
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)

@@ -142,8 +142,19 @@ def test_handoff_sheds_oldest_when_full() -> None:
         h.put([Reading("a", float(i * 4 + j), 0.0) for j in range(4)], 0.0)
     assert len(h) <= 10 and h.shed == 12
     items = h.drain(0)
-    assert next(r.ts for rs, _ in items for r in rs) == 12.0  # the oldest went first
+    assert next(r.ts for rs, *_ in items for r in rs) == 12.0  # the oldest went first
     assert len(h) == 0
+
+
+def test_handoff_never_sheds_what_it_must_acknowledge() -> None:
+    """QoS 1 messages (with a token) are acknowledged once scored, so they are never shed:
+    the broker's in-flight limit bounds them instead. QoS 0 ones past them still are."""
+    h = Handoff(max_readings=4)
+    for i in range(5):
+        h.put([Reading("a", float(i), 0.0)] * 2, 0.0, ("conn", i))
+    assert h.shed == 0 and len(h) == 10
+    items = h.drain(0)
+    assert [tok for *_, tok in items] == [("conn", i) for i in range(5)]
 
 
 @pytest.mark.parametrize("bad", [float("nan")])

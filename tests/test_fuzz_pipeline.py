@@ -78,6 +78,7 @@ class Pipeline:
         self.engine = Engine(self.cfg, fresh_model(self.cfg), self.metrics, lambda ev: None)
         self.link = MQTTLink(self.cfg.mqtt, self.cfg.payload, self.metrics, self.handoff.put)
         self.client = _AckRecorder()
+        self.link.client = self.client  # type: ignore[assignment]
         self.mid = 0
         self.handed = 0
 
@@ -91,7 +92,10 @@ class Pipeline:
         self.handed += len(self.handoff) - before
 
     def drain(self) -> None:
-        self.engine.process(self.handoff.drain(0))
+        """What the daemon's worker does: score, then acknowledge what was scored."""
+        items = self.handoff.drain(0)
+        self.engine.process(items)
+        self.link.ack([tok for *_, tok in items if tok is not None])
 
     def rejected(self) -> dict[str, float]:
         out = {}
@@ -367,5 +371,6 @@ def test_non_utf8_topic_does_not_escape_the_callback() -> None:
     pipe = Pipeline()
     with _CapturedErrors():
         pipe.message(b"sensors/\xff\xfe", b"1.0")
+        pipe.drain()  # acknowledged in turn by the worker
     assert pipe.client.acks == [1]
     assert pipe.rejected()[parse.BAD_TOPIC] + pipe.rejected()[parse.UNDECODABLE] == 1

@@ -112,8 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         # auto-trained models there unless the config names another place.
         cfg = override(cfg, {"state_dir": state_directory.split(":")[0]})
     setup_logging(cfg.log_level)
-    Daemon(cfg).run_forever()
-    return EXIT_OK
+    return Daemon(cfg).run_forever()
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -1,11 +1,16 @@
 """The paho-mqtt link: connect, persistent session, subscribe in on_connect, last will, publish.
 
-The network thread only decodes and hands off. Readings are acknowledged (QoS 1, paho's
-``manual_ack``) once they are in the worker's queue, so a reading the daemon never took is
-redelivered by the broker from the persistent session. No exception escapes a callback: one
-would kill paho's network thread.
+The network thread only decodes and hands off. A QoS 1 message is acknowledged (paho's
+``manual_ack``) only once the worker has scored its readings and any alert they caused is in
+the outbox (:meth:`MQTTLink.ack`), so a reading the daemon has not finished with, through a
+crash or a kill, is redelivered by the broker from the persistent session. The broker sends
+at most ``mqtt.receive_maximum`` unacknowledged messages (MQTT 5 Receive Maximum; Mosquitto's
+``max_inflight_messages`` too), which is the backpressure: a daemon that falls behind is sent
+less, and nothing it was handed is ever dropped. No exception escapes a callback: one would
+kill paho's network thread.
 
-Broker requirements for no loss across restarts: Mosquitto ``persistence true`` and a
+Broker requirements for no loss across restarts: Mosquitto ``persistence true``,
+``max_inflight_messages`` at least ``mqtt.receive_maximum`` (or 0, unlimited), and a
 ``max_queued_messages`` above the readings that can arrive while the daemon is away (the
 default, 1000 per client, drops the rest).
 """
@@ -31,6 +36,9 @@ from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig
 from streamwatch.ingest.parse import Reading, parse
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
+
+AckToken = tuple[int, int, int]
+"""(connection number, message id, QoS) of a QoS 1 message the worker will acknowledge."""
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)
@@ -68,7 +76,7 @@ class MQTTLink:
         cfg: MQTTConfig,
         payload: PayloadConfig,
         metrics: Metrics,
-        hand_off: Callable[[Sequence[Reading], float], object],
+        hand_off: Callable[[Sequence[Reading], float, AckToken | None], object],
     ) -> None:
         self.cfg = cfg
         self.payload = payload
@@ -111,6 +119,9 @@ class MQTTLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        self.on_published: Callable[[int], None] = lambda mid: None
+        """Called (network thread) with the id of each publish the broker acknowledged."""
 
     @property
     def accepting(self) -> bool:
@@ -149,6 +160,7 @@ class MQTTLink:
         if self.cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = self.cfg.receive_maximum
         log.info(
             "connecting to %s:%d as %s (MQTT %s%s)",
             self.cfg.host,
@@ -182,8 +194,9 @@ class MQTTLink:
         self.client.loop_stop()
         self.metrics.mqtt_connected.set(0)
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish at QoS 1; while disconnected paho queues it and sends it on reconnect."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int | None:
+        """Publish at QoS 1; while disconnected paho queues it and sends it on reconnect.
+        Returns its message id (see :attr:`on_published`), or None if paho refused it."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self.metrics.publish_failures.inc()
@@ -194,6 +207,21 @@ class MQTTLink:
                 topic,
                 mqtt.error_string(info.rc),
             )
+            return None
+        return info.mid
+
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        """Acknowledge messages the worker is done with, in the order they arrived (MQTT
+        wants PUBACKs in order). A message received on an earlier connection is left alone:
+        the broker has already resent it on this one, and it is taken (as a duplicate) again."""
+        current = self._connections
+        for conn, mid, qos in tokens:
+            if conn != current:
+                continue
+            try:
+                self.client.ack(mid, qos)
+            except Exception:
+                _limited.log(logging.ERROR, "ack", "cannot acknowledge message %s", mid)
 
     # -- paho callbacks (network thread: never raise, never block) ------------------------
 
@@ -291,11 +319,21 @@ class MQTTLink:
         except Exception:
             log.exception("error in on_subscribe")
 
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            self.on_published(mid)
+        except Exception:
+            _limited.log(logging.ERROR, "on_publish", "error in on_publish for %s", mid)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        handed = False
         with self._gate:
             if not self._accepting:
                 return  # unacknowledged: the broker redelivers it to our next session
             topic = "?"
+            token = (self._connections, msg.mid, msg.qos) if msg.qos > 0 else None
             try:
                 now = time.time()
                 try:
@@ -314,20 +352,36 @@ class MQTTLink:
                         topic,
                         ", ".join(sorted(set(out.rejects))),
                     )
-                if out.readings:
-                    shed = self.hand_off(out.readings, now)
+                if out.readings or token is not None:
+                    # A QoS 1 message with nothing to score goes through the queue too, so
+                    # that acknowledgements leave in the order the messages came (MQTT 4.6).
+                    shed = self.hand_off(out.readings, now, token)
+                    handed = True
                     if shed:
                         self.metrics.shed.inc(shed)  # type: ignore[arg-type]
                         _limited.log(
-                            logging.WARNING, "shed", "overloaded: shed %s oldest readings", shed
+                            logging.WARNING,
+                            "shed",
+                            "overloaded: shed %s oldest QoS 0 readings",
+                            shed,
                         )
             except Exception:
-                log.exception("error handling message on %r", topic)
-        if msg.qos > 0:
-            try:
-                client.ack(msg.mid, msg.qos)
-            except Exception:
-                log.exception("error acknowledging message")
+                # A message that breaks the handler would break it again: acknowledge it (so
+                # it does not hold an in-flight slot forever), but count and say so.
+                self.metrics.message_errors.inc()
+                _limited.log(
+                    logging.ERROR,
+                    "message_error",
+                    "error handling a message on %r (acknowledged, counted in "
+                    "streamwatch_message_errors_total)",
+                    topic,
+                    exc_info=True,
+                )
+            if token is not None and not handed:  # acknowledged in turn, by the worker
+                try:
+                    self.hand_off((), time.time(), token)
+                except Exception:
+                    client.ack(msg.mid, msg.qos)
 
 
 def _why(exc: OSError) -> str:

@@ -107,7 +107,13 @@ class Metrics:
             self.rejected.labels(reason)
         self.shed = Counter(
             "streamwatch_readings_shed",
-            "Readings dropped by the overload policy (oldest first)",
+            "QoS 0 readings dropped by the overload policy (oldest first); QoS 1 readings are "
+            "never shed: the broker holds them back instead",
+            registry=registry,
+        )
+        self.message_errors = Counter(
+            "streamwatch_message_errors",
+            "Messages whose handling failed unexpectedly (acknowledged, logged at a rate limit)",
             registry=registry,
         )
         self.windows_scored = Counter(

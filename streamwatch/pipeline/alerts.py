@@ -13,6 +13,7 @@ in verdicts (readings), not seconds, so the rule means the same at 1 Hz and at 5
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,6 +38,8 @@ class AlertEvent:
     top_steps: list[dict[str, float]] | None = None
     parts: dict[str, float] | None = None
     """For a combined score: each part's share of the threshold (1.0 = at it)."""
+    reason: str | None = None
+    """Why a transition happened other than by verdicts (``evicted``: the sensor went)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -44,8 +47,8 @@ class AlertEvent:
             "sensor": self.sensor,
             "state": self.state,
             "ts": self.ts,
-            "score": self.score,
-            "threshold": self.threshold,
+            "score": _finite(self.score),
+            "threshold": _finite(self.threshold),
             "detector": self.detector,
             "window_start": self.window_start,
             "window_end": self.window_end,
@@ -55,11 +58,18 @@ class AlertEvent:
             doc["top_steps"] = self.top_steps
         if self.parts is not None:
             doc["parts"] = self.parts
+        if self.reason is not None:
+            doc["reason"] = self.reason
         return doc
 
     def payload(self) -> bytes:
         """The MQTT payload."""
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: an unknown number is null."""
+    return x if math.isfinite(x) else None
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ One thread owns all of this state, so it needs no locks. Per drained batch it:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,8 +26,8 @@ from streamwatch.config import Config
 from streamwatch.detectors.base import Detector
 from streamwatch.detectors.bundle import Model
 from streamwatch.outputs.metrics import Metrics
-from streamwatch.pipeline.alerts import RAISED, AlertEvent, AlertState
-from streamwatch.pipeline.handoff import Item
+from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.handoff import Item, Queued
 from streamwatch.pipeline.lifecycle import SensorLifecycle, SensorState
 from streamwatch.pipeline.windows import Windows
 
@@ -121,7 +122,7 @@ class Engine:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    def process(self, items: Iterable[Item], now: float | None = None) -> list[AlertEvent]:
+    def process(self, items: Iterable[Item | Queued], now: float | None = None) -> list[AlertEvent]:
         """Run a drained batch of messages through the pipeline; return the transitions."""
         self._apply_swap()
         life = self.lifecycle
@@ -139,7 +140,8 @@ class Engine:
         arrivals: list[float] = []
         gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
-        for readings, arrived in items:
+        for item in items:
+            readings, arrived = item[0], item[1]
             for r in readings:
                 sw = windows.get(r.sensor, now)
                 st: SensorState | None = sw.state
@@ -301,11 +303,38 @@ class Engine:
         gone = self.windows.evicted_ids
         if not gone:
             return
+        for sensor, sw in gone:
+            st: SensorState | None = sw.state
+            if st is not None and st.alert.raised and sensor not in self.windows.sensors:
+                self._clear_gone(sensor, st)
         self.lifecycle.evicted(
             ((sensor, sw.state) for sensor, sw in gone), lambda s: s in self.windows.sensors
         )
         self.metrics.evicted.inc(len(gone))
         gone.clear()
+
+    def _clear_gone(self, sensor: str, st: SensorState) -> None:
+        """An evicted sensor's raised alert is cleared (``reason: evicted``), not left raised
+        in the state file and on the retained topic forever."""
+        alert_id = st.alert.alert_id
+        assert alert_id is not None
+        st.alert.restore(None)
+        self.raised.pop(sensor, None)
+        self._raised_changed = True
+        ts = st.series.last_ts
+        ev = AlertEvent(
+            sensor,
+            CLEARED,
+            ts,
+            math.nan,
+            st.threshold or math.nan,
+            self.detector.name,
+            ts,
+            ts,
+            alert_id,
+            reason="evicted",
+        )
+        self.sink(ev)
 
     def evict_idle(self, now: float) -> None:
         """Drop sensors idle longer than ``windows.idle_evict_s``."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from streamwatch.ingest.parse import Reading
 
 Item = tuple[Sequence[Reading], float]
-"""A message's readings and the wall-clock time it arrived."""
+"""A message's readings and the wall-clock time it arrived (what the engine takes)."""
+Queued = tuple[Sequence[Reading], float, Any]
+"""An item and its acknowledgement token (None: nothing to acknowledge, e.g. QoS 0)."""
 
 LINGER_S = 0.002
 """How long the worker waits for a fuller batch once a message is in (see :class:`Handoff`)."""
@@ -21,9 +24,11 @@ _NEVER = 1 << 62
 class Handoff:
     """The bounded queue between the MQTT thread and the worker.
 
-    ``put`` never blocks (the network thread must not stall). Past ``max_readings`` waiting,
-    the oldest messages are shed and counted, so memory stays bounded under overload and the
-    freshest data is scored first.
+    ``put`` never blocks (the network thread must not stall). A message that carries an
+    acknowledgement token (QoS 1) is never shed: it is acknowledged only once scored, and the
+    broker's in-flight limit holds the rest back, which bounds this queue. Past
+    ``max_readings`` waiting, the oldest messages without a token (QoS 0: the broker keeps no
+    copy anyway) are shed and counted.
 
     Batching: once the first message of a batch has arrived, :meth:`drain` lingers up to
     ``linger_s`` for more, unless ``batch_hint`` readings are already waiting. ``put`` only
@@ -38,7 +43,7 @@ class Handoff:
         self.max_readings = max_readings
         self.linger_s = linger_s
         self.batch_hint = batch_hint
-        self._items: deque[Item] = deque()
+        self._items: deque[Queued] = deque()
         self._count = 0
         self._cond = threading.Condition()
         self._wake_at = _NEVER
@@ -48,14 +53,16 @@ class Handoff:
     def __len__(self) -> int:
         return self._count
 
-    def put(self, readings: Sequence[Reading], arrived: float) -> int:
-        """Queue one message's readings; returns how many old readings were shed for it."""
+    def put(self, readings: Sequence[Reading], arrived: float, token: Any = None) -> int:
+        """Queue one message's readings (and its acknowledgement token); returns how many old
+        readings were shed for it."""
         shed = 0
         with self._cond:
-            self._items.append((readings, arrived))
+            self._items.append((readings, arrived, token))
             self._count += len(readings)
-            while self._count > self.max_readings and len(self._items) > 1:
-                old, _ = self._items.popleft()
+            items = self._items
+            while self._count > self.max_readings and len(items) > 1 and items[0][2] is None:
+                old, _, _ = items.popleft()
                 self._count -= len(old)
                 shed += len(old)
             self.shed += shed
@@ -64,7 +71,7 @@ class Handoff:
                 self._cond.notify()
         return shed
 
-    def drain(self, timeout: float) -> list[Item]:
+    def drain(self, timeout: float) -> list[Queued]:
         """Everything waiting, after waiting up to ``timeout`` seconds for anything (and then
         up to ``linger_s`` for a fuller batch; never with ``timeout`` 0)."""
         with self._cond:

@@ -1,0 +1,131 @@
+"""At-least-once from broker to alert across a SIGKILL (issue 12).
+
+A real daemon process (``streamwatch run``) falls behind a stream of 200,000 readings in
+50-reading JSON batches at QoS 1 through a real Mosquitto, is SIGKILLed with thousands of
+readings in hand, and is started again. Every 50th reading of each sensor is a 30-sigma spike,
+followed by a normal one: each spike, once scored, raises an alert that the next reading
+clears. So every spike's raise reaching a subscriber shows that its reading was scored at
+least once and its alert got out, although the first process died holding it: messages are
+acknowledged only once scored, alerts go through the outbox under ``state_dir``, and what
+was not acknowledged the broker delivers again to the persistent session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Collector, Mosquitto, Publisher, free_port, http_get, wait_until
+from tests.integration.test_faults import ANOMALY, MU, gaussian_bundle
+
+SENSORS = [f"k{i}" for i in range(10)]
+BATCH = 50
+SPIKE_EVERY = 50
+
+
+def _config(path: Path, broker: Mosquitto, model: Path, state: Path, port: int) -> Path:
+    path.write_text(
+        f'model_dir = "{model}"\nstate_dir = "{state}"\nlog_level = "WARNING"\n'
+        f'[mqtt]\nbroker = "{broker.url}"\nclient_id = "sw-kill-{broker.port}"\n'
+        'reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        '[detector]\ntype = "gaussian"\n'
+        "[alerts]\nraise_k = 1\nraise_n = 1\nclear_m = 1\nclear_hold_s = 0.0\nrefractory = 0\n"
+        f'[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _start(conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamwatch", "run", "--config", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def _scored(port: int) -> float:
+    try:
+        _, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    except OSError:
+        return -1.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("streamwatch_readings_total{")
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigkill_with_thousands_in_hand_loses_no_reading(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    model = gaussian_bundle(tmp_path / "model", SENSORS)
+    state = tmp_path / "state"
+    port = free_port()
+    conf = _config(tmp_path / "sw.toml", mosquitto, model, state, port)
+    log = tmp_path / "daemon.log"
+    alerts = Collector(mosquitto.port, ["streamwatch/alerts/#"])
+    first = _start(conf, log)
+    pub = Publisher(mosquitto.port)
+    second: subprocess.Popen[bytes] | None = None
+    spikes: set[tuple[str, float]] = set()
+    per_sensor = 20_000
+    t0 = time.time() - 3 * 86400.0
+    try:
+        assert wait_until(lambda: _scored(port) >= 0, timeout=60), log.read_text()
+        killed_at = None
+        for start in range(0, per_sensor, BATCH):
+            for s in SENSORS:
+                batch = []
+                for i in range(start, start + BATCH):
+                    ts = t0 + i
+                    spike = i % SPIKE_EVERY == SPIKE_EVERY // 2
+                    if spike:
+                        spikes.add((s, ts))
+                    batch.append({"value": ANOMALY if spike else MU, "ts": ts})
+                pub.send(f"sensors/{s}", json.dumps(batch))
+            if killed_at is None and start >= per_sensor // 4:
+                pub.flush()
+                scored = _scored(port)
+                if scored > 10_000:
+                    first.send_signal(signal.SIGKILL)
+                    first.wait(10)
+                    killed_at = scored
+        pub.flush(60)
+        assert killed_at is not None, "the daemon never got going"
+        published = len(SENSORS) * per_sensor
+        assert killed_at < published - 1000, "it had caught up: nothing was in hand to lose"
+
+        second = _start(conf, log)
+        assert wait_until(lambda: _scored(port) >= 0, timeout=60), log.read_text()
+
+        def raised() -> set[tuple[str, float]]:
+            return {
+                (a["sensor"], a["ts"])
+                for a in alerts.json_on("streamwatch/alerts/")
+                if a["state"] == "raised"
+            }
+
+        assert wait_until(lambda: spikes <= raised(), timeout=240), (
+            f"{len(spikes - raised())} of {len(spikes)} spikes never alerted"
+        )
+        body = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert "streamwatch_readings_shed_total 0.0" in body
+        assert "streamwatch_message_errors_total 0.0" in body
+    finally:
+        pub.close()
+        alerts.close()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
