@@ -54,4 +54,11 @@ def _handle(args: argparse.Namespace) -> int:
         f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
         f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
     )
+    training = on.get("training")
+    if isinstance(training, dict) and training.get("plateau"):
+        print(
+            f"warning: training ended on the plateau (val_loss {training.get('val_loss')}, "
+            f"plateau level {training.get('plateau_level')}, {training.get('steps')} steps): "
+            "the model ignores the shape of a window; train on more data or more steps"
+        )
     return EXIT_OK
