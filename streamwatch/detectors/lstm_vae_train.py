@@ -14,6 +14,11 @@ anomalies (flatlines, frequency changes, gaps), and Keras does not warn. So:
   validation loss of a decoder that predicts the training data's marginal at every step; a
   model within :data:`PLATEAU_MARGIN` nats a step of it gets up to :data:`ESCAPE_ROUNDS`
   more rounds of training, each with the KL warm-up again;
+- a round stops when the validation loss has not improved for ``patience`` epochs, after
+  ``min_steps`` steps; before that, up to :data:`LR_CUTS` times, the learning rate is cut by
+  :data:`LR_CUT` and the round goes on, so it ends near a minimum rather than wherever the
+  noise of the last epochs left it, and trainings with different seeds end closer together;
+  a round may run :data:`OVERTIME` times its planned epochs while its loss still falls;
 - the outcome, plateau or not, is a :class:`TrainReport`, which the detector keeps and
   ``streamwatch train`` writes into the bundle's ``trained_on``.
 
@@ -45,6 +50,10 @@ KL_WARMUP_STEPS = 500
 the round's planned steps)."""
 ESCAPE_ROUNDS = 2
 """Extra rounds of training for a model that ends on the plateau."""
+LR_CUTS = 2
+"""Times a round cuts its learning rate instead of stopping early."""
+LR_CUT = 0.2
+"""Factor of each cut."""
 OVERTIME = 2
 """A round planned for N epochs may run up to OVERTIME × N epochs while the validation loss
 still improves (early stopping, after ``patience`` epochs without improvement, ends it): a
@@ -221,6 +230,8 @@ class Trainer:
         first = self.steps
         warmup = min(KL_WARMUP_STEPS, epochs * math.ceil(len(train) / bs) // 2)
         stale = 0
+        cuts = 0
+        self.opt.learning_rate.assign(self.cfg.learning_rate)
         started = time.monotonic()
         limit = epochs * OVERTIME
         for epoch in range(1, limit + 1):
@@ -255,7 +266,18 @@ class Trainer:
                 # No early stop before min_steps: the first few hundred steps sit on the
                 # plateau before the loss drops by an order of magnitude.
                 stale += 1
-                if stale >= self.cfg.patience:
+                if stale >= self.cfg.patience and cuts < LR_CUTS:
+                    cuts += 1
+                    stale = 0
+                    lr = self.cfg.learning_rate * LR_CUT**cuts
+                    self.opt.learning_rate.assign(lr)
+                    log.info(
+                        "%s: no better for %d epochs; learning rate %.2g",
+                        self.what,
+                        self.cfg.patience,
+                        lr,
+                    )
+                elif stale >= self.cfg.patience:
                     log.info("%s: early stop, best val_loss %.4f", self.what, best)
                     break
         return best, best_weights
