@@ -343,7 +343,7 @@ def test_lstm_vae_min_steps_adds_epochs_on_small_data(
 ) -> None:
     # 2 sensors x 100 readings: 2 x 61 training windows, 8 batches of 16 per epoch, so 30
     # steps need 4 epochs (early stopping may not end them sooner) although the config says 1;
-    # while the validation loss still improves the round may run twice as long.
+    # while the validation loss still improves the round may run 30 steps (4 epochs) more.
     cfg = CONFIGS["lstm-vae"].model_copy(
         update={"epochs": 1, "min_steps": 30, "hidden": 4, "latent": 2, "batch_size": 16}
     )
@@ -352,5 +352,5 @@ def test_lstm_vae_min_steps_adds_epochs_on_small_data(
     with caplog.at_level(logging.INFO, logger="streamwatch.detectors"):
         det.fit({"a": sine(100, seed=1), "b": sine(100, seed=2)})
     epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
-    assert "4 epochs (8 steps each; up to 2x while it still improves)" in caplog.text
+    assert "4 epochs (8 steps each; up to 8 while it still improves)" in caplog.text
     assert 4 <= len(epochs) <= 8

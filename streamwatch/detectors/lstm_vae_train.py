@@ -18,7 +18,7 @@ anomalies (flatlines, frequency changes, gaps), and Keras does not warn. So:
   ``min_steps`` steps; before that, up to :data:`LR_CUTS` times, the learning rate is cut by
   :data:`LR_CUT` and the round goes on, so it ends near a minimum rather than wherever the
   noise of the last epochs left it, and trainings with different seeds end closer together;
-  a round may run :data:`OVERTIME` times its planned epochs while its loss still falls;
+  a round may run up to ``min_steps`` more steps than planned while its loss still falls;
 - the outcome, plateau or not, is a :class:`TrainReport`, which the detector keeps and
   ``streamwatch train`` writes into the bundle's ``trained_on``.
 
@@ -54,10 +54,6 @@ LR_CUTS = 2
 """Times a round cuts its learning rate instead of stopping early."""
 LR_CUT = 0.2
 """Factor of each cut."""
-OVERTIME = 2
-"""A round planned for N epochs may run up to OVERTIME × N epochs while the validation loss
-still improves (early stopping, after ``patience`` epochs without improvement, ends it): a
-model that left the plateau late is not cut off while its loss is still falling fast."""
 
 
 @dataclass
@@ -159,18 +155,21 @@ class Trainer:
         level = plateau_level(train, val)
         per_epoch = math.ceil(len(train) / cfg.batch_size)
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+        # Overtime: a model that left the plateau late is not cut off while its loss still
+        # falls (early stopping, after ``patience`` epochs without improvement, ends it).
+        limit = epochs + math.ceil(cfg.min_steps / per_epoch)
         log.info(
             "training %s: %d train / %d validation windows, %d epochs (%d steps each; up to "
-            "%dx while it still improves); plateau at val_loss %.2f",
+            "%d while it still improves); plateau at val_loss %.2f",
             self.what,
             len(train),
             len(val),
             epochs,
             per_epoch,
-            OVERTIME,
+            limit,
             level,
         )
-        best, weights = self._round(train, val, epochs, cfg.min_steps, math.inf, None)
+        best, weights = self._round(train, val, epochs, limit, math.inf, None)
         rounds = 1
         while on_plateau(best, level, self.window) and rounds <= ESCAPE_ROUNDS:
             log.info(
@@ -181,7 +180,7 @@ class Trainer:
                 rounds + 1,
                 ESCAPE_ROUNDS + 1,
             )
-            best, weights = self._round(train, val, epochs, cfg.min_steps, best, weights)
+            best, weights = self._round(train, val, epochs, limit, best, weights)
             rounds += 1
         if weights is not None:
             self.net.vae.set_weights(weights)
@@ -218,13 +217,13 @@ class Trainer:
         train: np.ndarray,
         val: np.ndarray,
         epochs: int,
-        min_steps: int,
+        limit: int,
         best: float,
         best_weights: list[Any] | None,
     ) -> tuple[float, list[Any] | None]:
-        """One round of ``epochs`` epochs (up to :data:`OVERTIME` times more while the
-        validation loss improves) with the KL warm-up; early stopping waits for
-        ``min_steps`` steps of the round. Returns the best validation loss so far and
+        """One round of ``epochs`` epochs (up to ``limit`` while the validation loss
+        improves) with the KL warm-up; early stopping waits for ``min_steps`` steps of the
+        round. Returns the best validation loss so far and
         its weights (``best_weights`` if no epoch improved on ``best``)."""
         bs = self.cfg.batch_size
         first = self.steps
@@ -233,7 +232,6 @@ class Trainer:
         cuts = 0
         self.opt.learning_rate.assign(self.cfg.learning_rate)
         started = time.monotonic()
-        limit = epochs * OVERTIME
         for epoch in range(1, limit + 1):
             self.epochs += 1
             order = self.rng.permutation(len(train))
@@ -262,7 +260,7 @@ class Trainer:
             if val_loss < best:
                 best, stale = val_loss, 0
                 best_weights = self.net.vae.get_weights()
-            elif self.steps - first >= max(min_steps, warmup):
+            elif self.steps - first >= max(self.cfg.min_steps, warmup):
                 # No early stop before min_steps: the first few hundred steps sit on the
                 # plateau before the loss drops by an order of magnitude.
                 stale += 1
