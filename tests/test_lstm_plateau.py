@@ -70,7 +70,7 @@ def test_a_model_that_cannot_leave_the_plateau_is_flagged(
     assert training["seed"] == 3 and training["rounds"] == 3  # two escape rounds, in vain
     assert training["val_loss"] > training["plateau_level"] - 10 * 0.05
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("PLATEAU" in r.getMessage() for r in warnings)
+    assert any("NOT BELOW THE PLATEAU" in r.getMessage() for r in warnings)
 
 
 def test_the_report_lands_in_the_manifest_and_loads_back(tmp_path: Path) -> None:

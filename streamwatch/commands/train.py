@@ -56,9 +56,10 @@ def _handle(args: argparse.Namespace) -> int:
     )
     training = on.get("training")
     if isinstance(training, dict) and training.get("plateau"):
+        loss, level = training.get("val_loss"), training.get("plateau_level")
         print(
-            f"warning: training ended on the plateau (val_loss {training.get('val_loss')}, "
-            f"plateau level {training.get('plateau_level')}, {training.get('steps')} steps): "
-            "the model ignores the shape of a window; train on more data or more steps"
+            f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
+            f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
+            "a window; train on more data or more steps"
         )
     return EXIT_OK

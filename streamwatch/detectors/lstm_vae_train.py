@@ -199,8 +199,8 @@ class Trainer:
             "%s trained%s: best val_loss %.4f, plateau level %.2f, %d steps in %d round(s), "
             "%.1fs, seed %d",
             self.what,
-            " BUT STILL ON THE PLATEAU (it predicts each step's marginal and ignores the "
-            "window's shape; more data or steps may help)"
+            " BUT NOT BELOW THE PLATEAU (no better than predicting each step's marginal, "
+            "blind to the window's shape; more data or steps may help)"
             if report.plateau
             else "",
             best,
