@@ -33,7 +33,7 @@ from streamwatch.outputs.outbox import Outbox
 from streamwatch.pipeline.alerts import RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
 from streamwatch.pipeline.handoff import Handoff, Queued
-from streamwatch.training import train_in_place
+from streamwatch.training import on_plateau, train_in_place
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)
@@ -99,7 +99,7 @@ class Daemon:
         # The link first: a missing secret or TLS file is reported before the model loads.
         self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
         model, source = build_model(cfg)
-        self.metrics.set_model(model.name, model.hyper_hash, source)
+        self.metrics.set_model(model.name, model.hyper_hash, source, on_plateau(model))
         self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None
         self.outbox = Outbox(
             cfg.state_dir / "outbox.jsonl" if cfg.state_dir else None, self.link.publish
@@ -246,7 +246,9 @@ class Daemon:
             with tfquiet.filtered_native_stderr():
                 model.detector.warm_up()
             self.engine.request_swap(model)
-            self.metrics.set_model(model.name, model.hyper_hash, str(self.cfg.model_dir))
+            self.metrics.set_model(
+                model.name, model.hyper_hash, str(self.cfg.model_dir), on_plateau(model)
+            )
             log.info("reloaded model from %s", self.cfg.model_dir)
             return True
 
@@ -260,27 +262,47 @@ class Daemon:
             except Exception:
                 log.exception("background training failed; the stand-in detector carries on")
                 return
-            auto = auto_model_dir(self.cfg)
-            if auto is not None:
-                try:
-                    with self._saving_model:
-                        bundle.save(model, auto)
-                except OSError as exc:
-                    log.warning("cannot keep the trained model in %s: %s", auto, exc)
-            with tfquiet.filtered_native_stderr():
-                model.detector.warm_up()
-            self.engine.request_swap(model)
-            self.metrics.set_model(
-                model.name, model.hyper_hash, str(auto) if auto else "auto-train"
-            )
-            log.info(
-                "trained %s on %d sensors in %.0fs; swapping it in",
-                model.name,
-                len(data),
-                time.monotonic() - started,
-            )
+            if self.adopt_trained(model):
+                log.info(
+                    "trained %s on %d sensors in %.0fs; swapping it in",
+                    model.name,
+                    len(data),
+                    time.monotonic() - started,
+                )
 
         threading.Thread(target=run, name="trainer", daemon=True).start()
+
+    def adopt_trained(self, model: Model) -> bool:
+        """Keep an auto-trained model in the state directory and swap it in, unless its
+        training ended on the plateau: then the stand-in carries on scoring, the model is
+        neither kept nor used, and ``streamwatch_model_on_plateau`` says so. True if
+        swapped in."""
+        if on_plateau(model):
+            training = model.trained_on.get("training", {})
+            log.warning(
+                "auto-trained %s ended on the plateau (val_loss %s, plateau level %s, %s "
+                "steps): it would score like a per-reading Gaussian, so it is not swapped in "
+                "and the stand-in carries on; train one with `streamwatch train` on more "
+                "data and set model_dir",
+                model.name,
+                training.get("val_loss"),
+                training.get("plateau_level"),
+                training.get("steps"),
+            )
+            self.metrics.model_on_plateau.set(1)
+            return False
+        auto = auto_model_dir(self.cfg)
+        if auto is not None:
+            try:
+                with self._saving_model:
+                    bundle.save(model, auto)
+            except OSError as exc:
+                log.warning("cannot keep the trained model in %s: %s", auto, exc)
+        with tfquiet.filtered_native_stderr():
+            model.detector.warm_up()
+        self.engine.request_swap(model)
+        self.metrics.set_model(model.name, model.hyper_hash, str(auto) if auto else "auto-train")
+        return True
 
     def _save_learned(self) -> None:
         """Keep what was learned online (each warmed-up sensor's state and threshold) under

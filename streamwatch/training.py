@@ -137,4 +137,13 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
         "last_ts": float(all_ts.max()),
         "source": source,
     }
+    report = getattr(det, "training_report", None)
+    if callable(report) and (training := report()) is not None:
+        trained_on["training"] = training
     return Model(det, thresholds, trained_on)
+
+
+def on_plateau(model: Model) -> bool:
+    """Whether the model's training ended on the LSTM-VAE plateau (per its ``trained_on``)."""
+    training = model.trained_on.get("training")
+    return isinstance(training, dict) and bool(training.get("plateau"))

@@ -54,4 +54,12 @@ def _handle(args: argparse.Namespace) -> int:
         f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
         f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
     )
+    training = on.get("training")
+    if isinstance(training, dict) and training.get("plateau"):
+        loss, level = training.get("val_loss"), training.get("plateau_level")
+        print(
+            f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
+            f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
+            "a window; train on more data or more steps"
+        )
     return EXIT_OK

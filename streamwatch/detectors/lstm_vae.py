@@ -13,11 +13,10 @@ validation loss has not improved for ``patience`` epochs, and the best weights a
 
 Training runs at least ``min_steps`` optimiser steps (more epochs when the data are small),
 and early stopping waits for them. The loss first sits on a plateau where the decoder ignores
-``z`` and predicts each step's marginal Normal (about 1.42 nats a step); on the simulator it
-takes several hundred steps at batch 256 to leave it. 500 warm-up readings from each of 8
-sensors are 9 batches an epoch, so 30 epochs (270 steps) never left the plateau and the model
-was in effect a per-reading Gaussian: 0.60 event recall, blind to flatlines, frequency changes
-and gaps. With 1000 steps it reaches 0.99 (docs/evaluation.md).
+``z`` and predicts each step's marginal Normal (about 1.42 nats a step); a model that stays
+there is in effect a per-reading Gaussian, blind to flatlines, frequency changes and gaps.
+The KL warm-up, the plateau check, the extra rounds for a model still on the plateau and the
+training report are in :mod:`streamwatch.detectors.lstm_vae_train` (docs/evaluation.md).
 
 Inputs are standardised per sensor (mean and std kept in ``sensors.json``), so one shared
 model serves sensors of any scale; ``adapt`` learns a new sensor's standardisation.
@@ -54,7 +53,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +62,8 @@ import numpy as np
 from streamwatch.config import LSTMVAEConfig
 from streamwatch.detectors.base import Detector, NotTrained
 from streamwatch.detectors.gaussian import sigma_floor
-from streamwatch.detectors.lstm_vae_net import Net, tf_module
+from streamwatch.detectors.lstm_vae_net import Net
+from streamwatch.detectors.lstm_vae_train import Trainer, TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,8 @@ class LSTMVAEDetector(Detector):
         self._nets: dict[str, Net] = {}
         self._norm: dict[str, tuple[float, float]] = {}
         self._model_of: dict[str, str] = {}
+        self.reports: dict[str, TrainReport] = {}
+        """How each network's training went: ``shared``, or by sensor (set by :meth:`fit`)."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -139,18 +140,19 @@ class LSTMVAEDetector(Detector):
         if not series:
             raise ValueError("no series to train on")
         norm = {s: _standardisation(s, v) for s, v in series.items()}
+        self.reports = {}
         splits = {s: self._split(s, v, norm[s]) for s, v in series.items()}
         if self.cfg.shared:
             train = np.concatenate([t for t, _ in splits.values()])
             val = np.concatenate([v for _, v in splits.values()])
-            self._nets = {SHARED: self._train(train, val, "shared model")}
+            self._nets = {SHARED: self._train(train, val, SHARED)}
             self._model_of = dict.fromkeys(series, SHARED)
         else:
             self._nets = {}
             self._model_of = {}
             for i, (sensor, (train, val)) in enumerate(splits.items()):
                 key = f"m{i}"
-                self._nets[key] = self._train(train, val, f"model of {sensor}", seed_offset=i)
+                self._nets[key] = self._train(train, val, sensor, seed_offset=i)
                 self._model_of[sensor] = key
         self._norm = norm
 
@@ -170,94 +172,28 @@ class LSTMVAEDetector(Detector):
             np.float32
         )
 
-    def _train(self, train: np.ndarray, val: np.ndarray, what: str, seed_offset: int = 0) -> Net:
-        tf = tf_module()
-        import keras
+    def _train(self, train: np.ndarray, val: np.ndarray, key: str, seed_offset: int = 0) -> Net:
+        what = "shared model" if key == SHARED else f"model of {key}"
+        trainer = Trainer(self.cfg, self.window, self.cfg.seed + seed_offset, what)
+        self.reports[key] = trainer.fit(train, val)
+        return trainer.net
 
-        cfg = self.cfg
-        seed = cfg.seed + seed_offset
-        net = Net(cfg, self.window, seed)
-        variables = net.vae.trainable_variables
-        opt = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
-        opt.build(variables)
-        noise = tf.random.Generator.from_seed(seed)
-        spec = [tf.TensorSpec([None, self.window], tf.float32)]
-
-        def neg_elbo(x: Any, training: bool) -> Any:
-            mean, logvar = net.encode(x, training=training)
-            z = mean + tf.exp(0.5 * logvar) * noise.normal(tf.shape(mean))
-            recon = tf.reduce_sum(net.step_nll(z, x), axis=-1)
-            kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
-            return tf.reduce_mean(recon + kl)
-
-        @tf.function(input_signature=spec)
-        def train_step(x: Any) -> Any:
-            with tf.GradientTape() as tape:
-                loss = neg_elbo(x, training=True)
-            opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            return loss
-
-        @tf.function(input_signature=spec)
-        def val_step(x: Any) -> Any:
-            return neg_elbo(x, training=False)
-
-        rng = np.random.default_rng(seed)
-        bs = cfg.batch_size
-        per_epoch = math.ceil(len(train) / bs)
-        epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
-        best = math.inf
-        best_weights = net.vae.get_weights()
-        stale = 0
-        step = 0
-        started = time.monotonic()
-        log.info(
-            "training %s: %d train / %d validation windows, up to %d epochs (%d steps each)",
-            what,
-            len(train),
-            len(val),
-            epochs,
-            per_epoch,
-        )
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(len(train))
-            losses = []
-            for i in range(0, len(train), bs):
-                step += 1
-                batch = train[order[i : i + bs]]
-                losses.append(float(train_step(batch)) * len(batch))
-            loss = sum(losses) / len(train)
-            val_loss = sum(
-                float(val_step(val[i : i + bs])) * len(val[i : i + bs])
-                for i in range(0, len(val), bs)
-            ) / len(val)
-            elapsed = time.monotonic() - started
-            eta = elapsed / epoch * (epochs - epoch)
-            log.info(
-                "%s epoch %d/%d: loss %.4f, val_loss %.4f (%.1fs, ETA %.0fs at most)",
-                what,
-                epoch,
-                epochs,
-                loss,
-                val_loss,
-                elapsed,
-                eta,
-            )
-            if not math.isfinite(val_loss):
-                log.warning("%s: validation loss is not finite; stopping", what)
-                break
-            if val_loss < best:
-                best, stale = val_loss, 0
-                best_weights = net.vae.get_weights()
-            elif step >= cfg.min_steps:
-                # No early stop before min_steps: the first few hundred steps sit on a
-                # plateau (the decoder ignores z and predicts the marginal) before the
-                # loss drops by an order of magnitude.
-                stale += 1
-                if stale >= cfg.patience:
-                    log.info("%s: early stop, best val_loss %.4f", what, best)
-                    break
-        net.vae.set_weights(best_weights)
-        return net
+    def training_report(self) -> dict[str, Any] | None:
+        """How the last :meth:`fit` went, JSON-ready (None before one): the shared model's
+        :class:`TrainReport`; with per-sensor models, ``plateau`` if any of them ended on
+        it, total steps and seconds, and each one's report under ``models``."""
+        if not self.reports:
+            return None
+        if SHARED in self.reports:
+            return self.reports[SHARED].to_json()
+        reps = self.reports.values()
+        return {
+            "plateau": any(r.plateau for r in reps),
+            "steps": sum(r.steps for r in reps),
+            "seconds": round(sum(r.seconds for r in reps), 1),
+            "seed": self.cfg.seed,
+            "models": {k: r.to_json() for k, r in self.reports.items()},
+        }
 
     # -- scoring ---------------------------------------------------------------------------
 

@@ -150,14 +150,24 @@ class Metrics:
             ["detector", "config_hash", "source"],
             registry=registry,
         )
+        self.model_on_plateau = Gauge(
+            "streamwatch_model_on_plateau",
+            "1 when the model in use, or the last auto-trained one (then not swapped in), "
+            "ended its training on the LSTM-VAE plateau",
+            registry=registry,
+        )
         registry.register(_SensorCollector(self))
 
-    def set_model(self, detector: str, config_hash: str, source: str) -> None:
-        """Record which model is loaded (replacing the previous one)."""
+    def set_model(
+        self, detector: str, config_hash: str, source: str, on_plateau: bool = False
+    ) -> None:
+        """Record which model is loaded (replacing the previous one), and whether its
+        training ended on the plateau."""
         self.build_info.clear()
         self.build_info.labels(package_version(), detector).set(1)
         self.model_info.clear()
         self.model_info.labels(detector, config_hash, source).set(1)
+        self.model_on_plateau.set(int(on_plateau))
 
     def series(self, sensor: str) -> SensorSeries:
         """The record a sensor's values go to: its own while labels last, else ``_other``."""

@@ -34,7 +34,7 @@ def _config(path: Path, broker: Mosquitto, model: Path, state: Path, port: int) 
     path.write_text(
         f'model_dir = "{model}"\nstate_dir = "{state}"\nlog_level = "WARNING"\n'
         f'[mqtt]\nbroker = "{broker.url}"\nclient_id = "sw-kill-{broker.port}"\n'
-        'reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+        "reconnect_min_s = 0.2\nreconnect_max_s = 1.0\n"
         '[detector]\ntype = "gaussian"\n'
         "[alerts]\nraise_k = 1\nraise_n = 1\nclear_m = 1\nclear_hold_s = 0.0\nrefractory = 0\n"
         f'[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
