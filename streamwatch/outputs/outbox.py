@@ -29,6 +29,8 @@ Publish = Callable[[str, bytes, bool], int | None]
 
 COMPACT_AFTER = 10_000
 """Lines in the file after which it is rewritten with only the open entries."""
+COMPACT_EMPTY_AFTER = 1_000
+"""Lines after which a file with no open entry left is emptied."""
 
 
 class Outbox:
@@ -43,6 +45,7 @@ class Outbox:
         self._by_mid: dict[int, int] = {}
         self._unwritten: list[str] = []
         self._unsent: list[int] = []
+        self._done: list[int] = []
         self._seq = 0
         self._lines = 0
         self._file: IO[str] | None = None
@@ -94,13 +97,20 @@ class Outbox:
             self._unsent.append(self._seq)
 
     def flush(self) -> None:
-        """Make what was added durable (written and synced), then publish it. Call before
-        acknowledging the readings that caused it."""
+        """Make what was added durable (written and synced), then publish it, and record
+        what the broker has acknowledged since. Call before acknowledging the readings that
+        caused it. Worker thread only: all file work happens here."""
         with self._lock:
             lines, self._unwritten = self._unwritten, []
             unsent, self._unsent = self._unsent, []
-        if lines:
-            self._append(lines)
+            done, self._done = self._done, []
+            empty = not self._open
+        if lines or done:
+            # A lost "done" mark only means a publish is repeated after a crash (with its
+            # alert_id), so those are not synced; new entries are.
+            self._append([*(json.dumps({"done": s}) for s in done), *lines], sync=bool(lines))
+        if self._lines > COMPACT_AFTER or (empty and self._lines > COMPACT_EMPTY_AFTER):
+            self._rewrite()
         for seq in unsent:
             with self._lock:
                 entry = self._open.get(seq)
@@ -113,16 +123,12 @@ class Outbox:
                     self._by_mid[mid] = seq
 
     def published(self, mid: int) -> None:
-        """The broker acknowledged message ``mid`` (paho's on_publish)."""
+        """The broker acknowledged message ``mid`` (paho's on_publish: network thread, so
+        no file work here; :meth:`flush` writes it down)."""
         with self._lock:
             seq = self._by_mid.pop(mid, None)
-            if seq is None or self._open.pop(seq, None) is None:
-                return
-            done = len(self._open) == 0
-        if self.path is not None:
-            self._append([json.dumps({"done": seq})], sync=False)
-            if done or self._lines > COMPACT_AFTER:
-                self._rewrite()
+            if seq is not None and self._open.pop(seq, None) is not None:
+                self._done.append(seq)
 
     def _append(self, lines: list[str], sync: bool = True) -> None:
         if self.path is None:
