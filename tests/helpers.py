@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from streamwatch.config import Config
 from streamwatch.detectors import bundle
@@ -87,11 +89,19 @@ class Collector:
     """A separate MQTT client that records every message on some topics."""
 
     def __init__(
-        self, port: int, topics: list[str], protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5
+        self,
+        port: int,
+        topics: list[str],
+        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        session: str | None = None,
     ) -> None:
+        """``session``: a client id for a persistent MQTT 5 session, so that what is
+        published while this client is cut off (a broker restart) still reaches it."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self.cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=session or "", protocol=protocol
+        )
         subscribed = threading.Event()
 
         def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
@@ -108,7 +118,13 @@ class Collector:
         self.client.on_connect = on_connect
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect("127.0.0.1", port)
+        if session is None:
+            self.client.connect("127.0.0.1", port)
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+            self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
         if not subscribed.wait(10):
             raise TimeoutError("collector did not subscribe")
@@ -148,9 +164,17 @@ class Publisher:
         self.send(f"sensors/{sensor}", json.dumps({"value": value, "ts": ts}))
 
     def flush(self, timeout: float = 20.0) -> None:
-        """Wait until the broker acknowledged everything sent."""
+        """Wait until the broker acknowledged everything sent. A message published while the
+        connection was down is queued by paho and sent on reconnect (its ``rc`` says
+        "not connected", which ``wait_for_publish`` takes for a failure): wait for its PUBACK
+        all the same."""
+        deadline = time.monotonic() + timeout
         for info in self._infos:
-            info.wait_for_publish(timeout)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                while not info._published and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            else:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         self._infos.clear()
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -105,7 +106,11 @@ def _daemon(tmp_path: Path) -> Any:
     """What Daemon.adopt_trained uses of a daemon, without a broker."""
     cfg = Config.model_validate({"state_dir": str(tmp_path / "state")})
     return SimpleNamespace(
-        cfg=cfg, engine=_Engine(), metrics=Metrics(CollectorRegistry()), adopt_trained=None
+        cfg=cfg,
+        engine=_Engine(),
+        metrics=Metrics(CollectorRegistry()),
+        adopt_trained=None,
+        _saving_model=threading.Lock(),
     )
 
 
