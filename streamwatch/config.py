@@ -6,6 +6,8 @@ discriminated union on ``detector.type``, so each detector validates only its ow
 
 The file is TOML. Secrets never live in it: the MQTT password comes from an environment
 variable or a file, and is held as a ``SecretStr`` so it cannot leak into logs or dumps.
+
+(Over 400 lines, knowingly: one schema, every option with its description, in one place.)
 """
 
 from __future__ import annotations

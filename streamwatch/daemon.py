@@ -3,6 +3,10 @@
 Threads: paho's network thread decodes and hands off; one worker thread owns the engine;
 prometheus-client's HTTP thread reads metrics at scrape time. SIGTERM/SIGINT drain the
 queue and stop; SIGHUP reloads the model directory without dropping readings.
+
+(Over 400 lines, knowingly: this is where threads, signals, the acknowledgement order, the
+outbox, background training and the saved state meet; the alert publishing and the learned
+state saving are the next candidates to move out, into ``outputs/``.)
 """
 
 from __future__ import annotations
