@@ -250,9 +250,11 @@ def test_restart_keeps_what_was_learned(mosquitto: Mosquitto, tmp_path: Path) ->
         pub.reading("fan", 1.0 + 0.01 * (i % 7), t0 + i)
     pub.flush()
     reg1 = first.registry
+    # All 80 taken: any still in flight at stop() would (rightly) be delivered again.
     assert wait_until(
-        lambda: reg1.get_sample_value("streamwatch_threshold", {"sensor": "fan"}) is not None
+        lambda: reg1.get_sample_value("streamwatch_readings_total", {"sensor": "fan"}) == 80
     )
+    assert reg1.get_sample_value("streamwatch_threshold", {"sensor": "fan"}) is not None
     before = reg1.get_sample_value("streamwatch_threshold", {"sensor": "fan"})
     first.stop()
     assert (tmp_path / "state" / "model" / "manifest.json").is_file()
@@ -266,7 +268,7 @@ def test_restart_keeps_what_was_learned(mosquitto: Mosquitto, tmp_path: Path) ->
         pub.flush()
         assert wait_until(
             lambda: reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"}) == 1
-        )
+        ), reg2.get_sample_value("streamwatch_readings_total", {"sensor": "fan"})
         assert reg2.get_sample_value("streamwatch_sensor_warming", {"sensor": "fan"}) == 0
         after = reg2.get_sample_value("streamwatch_threshold", {"sensor": "fan"})
         assert after == before
