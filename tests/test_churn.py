@@ -227,3 +227,19 @@ def test_a_sensor_evicted_later_in_the_same_batch_is_still_scored() -> None:
     events = rig.engine.process(items, now=NOW)
     assert [(e.sensor, e.state) for e in events] == [("a", "raised")]
     assert "a" not in rig.engine.windows.sensors and not rig.det.knows("a")
+
+
+def test_a_sensor_evicted_while_raised_is_cleared_with_a_reason() -> None:
+    """Its alert would otherwise stay raised in the state file and on the retained topic
+    forever (issue 12, item 7)."""
+    cfg = _cfg(1, 10)
+    events: list = []
+    rig = _Rig(cfg)
+    rig.engine.sink = events.append
+    rig.feed(["a"], per_sensor=40)  # warmed up
+    rig.engine.process([([Reading("a", NOW - 100, 99.0)], NOW)], now=NOW)
+    assert [e.state for e in events] == ["raised"] and rig.engine.raised
+    rig.engine.process([([Reading("b", NOW - 100, 20.0)], NOW)], now=NOW)  # evicts a
+    assert [(e.sensor, e.state, e.reason) for e in events[1:]] == [("a", "cleared", "evicted")]
+    assert events[1].alert_id == events[0].alert_id and rig.engine.raised == {}
+    assert json.loads(events[1].payload())["score"] is None  # no NaN in the JSON

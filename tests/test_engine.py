@@ -268,3 +268,14 @@ def test_auto_training_never_learns_from_what_the_stand_in_flagged() -> None:
     eng.process([(rows, 0.0)], now=700.0)
     got = collected["a"]
     assert got.size == 400 and got.max() < 20.0  # none of the fault, and none while raised
+
+
+def test_a_backlog_is_worked_off_in_slices_that_never_split_a_message() -> None:
+    """The daemon scores, acknowledges and pings the watchdog slice by slice (issue 12,
+    item 4): a backlog of any size never outlasts WatchdogSec in one piece."""
+    from streamwatch.daemon import _slices
+
+    items = [([Reading("a", float(i), 0.0)] * n, 0.0, i) for i, n in enumerate([3, 3, 3, 9, 1])]
+    parts = _slices(items, 5)  # type: ignore[arg-type]
+    assert [[tok for *_, tok in p] for p in parts] == [[0, 1], [2, 3], [4]]
+    assert _slices([], 5) == []

@@ -374,3 +374,23 @@ def test_non_utf8_topic_does_not_escape_the_callback() -> None:
         pipe.drain()  # acknowledged in turn by the worker
     assert pipe.client.acks == [1]
     assert pipe.rejected()[parse.BAD_TOPIC] + pipe.rejected()[parse.UNDECODABLE] == 1
+
+
+def test_a_message_that_breaks_the_handler_is_counted_and_acknowledged_in_turn() -> None:
+    """(issue 12, item 8) It would break again on redelivery: acknowledged in its turn,
+    counted, and logged at a rate limit rather than once per message."""
+    pipe = Pipeline()
+
+    def broken(*_: object) -> int:
+        raise RuntimeError("boom")
+
+    real = pipe.link.hand_off
+    pipe.link.hand_off = broken
+    with _CapturedErrors() as errs:
+        for _ in range(20):
+            pipe.message(b"sensors/a", b"1.0")
+    pipe.link.hand_off = real
+    pipe.drain()
+    assert pipe.client.acks == list(range(1, 21))
+    assert pipe.registry.get_sample_value("streamwatch_message_errors_total") == 20
+    assert len(errs.records) <= 6  # rate-limited (the quota is shared with other tests)
