@@ -1,9 +1,11 @@
 """Training: fit a detector on normal readings, calibrate its thresholds, save a model bundle.
 
-Each sensor's series (only ``label == 0`` rows where the file has labels) is split in time:
-the first part trains the detector, the last :data:`CALIBRATION_FRACTION` is held out, and
-the detector's scores on that held-out normal data calibrate the sensor's threshold at the
-configured false-alarm rate. The held-out scores of all sensors, pooled, calibrate
+Each sensor's series (only ``label == 0`` rows where the file has labels) trains the
+detector and calibrates its threshold through the one calibration policy
+(:func:`streamwatch.pipeline.threshold.calibrate_all`). A per-sensor detector learns and is
+calibrated on the whole series, as the daemon's warm-up does; a detector with shared weights
+is fitted on the first part, and the last :data:`CALIBRATION_FRACTION` is held out to
+calibrate on. The normal scores of all sensors, pooled, calibrate
 ``thresholds.pooled``, which serves sensors the model later meets without their own, and,
 for a shared model whose scores mean the same on every sensor, floors each sensor's own
 (see :attr:`Detector.comparable_scores`).
@@ -28,7 +30,8 @@ from streamwatch.pipeline.threshold import MIN_SCORES, CalibrationError, calibra
 log = logging.getLogger(__name__)
 
 CALIBRATION_FRACTION = 0.25
-"""The last fraction of each sensor's normal series held out to calibrate its threshold."""
+"""Shared-weight detectors: the last fraction of each sensor's normal series held out to
+calibrate its threshold."""
 
 
 class TrainError(ValueError):

@@ -84,6 +84,8 @@ class SensorLifecycle:
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        self._warmup = cfg.learning.warmup  # read per reading: kept at hand
+        self._gap_factor = cfg.learning.gap_factor
         self.warming = 0
         """Sensors tracked and not yet scored."""
         self.on_training_data = on_training_data
@@ -151,12 +153,12 @@ class SensorLifecycle:
         The sensor's first ``learning.warmup`` intervals set its gap limit, whichever phase
         it is in, so a sensor served by a trained model and one that warmed up detect
         dropouts alike."""
-        learning = self.cfg.learning
-        if st.intervals < learning.warmup and dt < math.inf:
+        if st.intervals < self._warmup and dt < math.inf:
             st.intervals += 1
-            st.max_dt = max(st.max_dt, dt)
-            if st.intervals == learning.warmup and learning.gap_factor > 0:
-                st.gap_limit = learning.gap_factor * st.max_dt
+            if dt > st.max_dt:
+                st.max_dt = dt
+            if st.intervals == self._warmup and self._gap_factor > 0:
+                st.gap_limit = self._gap_factor * st.max_dt
         if st.phase == SCORED:
             return True
         if self._collect is not None:  # warm-up readings: no verdict, taken as normal
