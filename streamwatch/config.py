@@ -362,7 +362,10 @@ class MetricsConfig(_Strict):
     """The Prometheus endpoint (also /healthz and /readyz)."""
 
     enabled: bool = True
-    host: str = Field("0.0.0.0", description="Bind address.")
+    host: str = Field(
+        "127.0.0.1",
+        description='Bind address: local only by default; "0.0.0.0" for a remote Prometheus.',
+    )
     port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="0 picks a free port.")
     max_sensor_labels: int = Field(
         1000, ge=0, description='Sensors past this share the label sensor="_other".'

@@ -83,3 +83,16 @@ def test_password_from_env_and_file_is_secret(tmp_path: Path, monkeypatch) -> No
 
 def test_both_password_sources_is_an_error() -> None:
     assert errors({"mqtt": {"password_env": "A", "password_file": "/x"}})
+
+
+def test_metrics_bind_is_local_by_default_and_a_flag_overrides_it(tmp_path: Path) -> None:
+    import argparse
+
+    from streamwatch.commands.common import add_config_args, config_from_args
+
+    assert Config().metrics.host == "127.0.0.1"
+    p = argparse.ArgumentParser()
+    add_config_args(p)
+    cfg = config_from_args(p.parse_args(["--metrics-bind", "0.0.0.0", "--metrics-port", "0"]))
+    assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == 0
+    assert config_from_args(p.parse_args([])).metrics.host == "127.0.0.1"

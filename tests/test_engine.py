@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from streamwatch.config import Config, from_mapping
 from streamwatch.detectors import base
@@ -74,6 +74,9 @@ def test_no_scoring_during_warm_up_and_metrics_show_it() -> None:
     assert reg.get_sample_value("streamwatch_windows_scored_total") == 50
     assert reg.get_sample_value("streamwatch_readings_total", {"sensor": "a"}) == 550
     assert reg.get_sample_value("streamwatch_threshold", {"sensor": "a"}) is not None
+    exposition = generate_latest(reg).decode()
+    assert "streamwatch_windows_scored_total 50.0" in exposition
+    assert "_created" not in exposition
 
 
 def test_out_of_order_and_gap_are_counted() -> None:

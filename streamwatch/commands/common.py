@@ -31,6 +31,11 @@ def add_config_args(p: argparse.ArgumentParser, *, daemon: bool = True) -> None:
             "--topic", action="append", metavar="FILTER", help="mqtt.topics (repeatable)"
         )
         p.add_argument("--metrics-port", type=int, help="metrics.port (0 = any free port)")
+        p.add_argument(
+            "--metrics-bind",
+            metavar="ADDR",
+            help='metrics.host (default 127.0.0.1; "0.0.0.0" for every interface)',
+        )
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -43,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "mqtt.broker": getattr(args, "broker", None),
         "mqtt.topics": getattr(args, "topic", None),
         "metrics.port": getattr(args, "metrics_port", None),
+        "metrics.host": getattr(args, "metrics_bind", None),
         "log_level": getattr(args, "log_level", None),
     }
     updates = {k: v for k, v in flags.items() if v is not None}

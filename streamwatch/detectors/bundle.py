@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from streamwatch import DIST_NAME
 from streamwatch.config import DetectorConfig
 from streamwatch.detectors.base import Detector, ModelError, create, detector_class
 from streamwatch.pipeline.threshold import Thresholds
@@ -87,7 +88,7 @@ def library_versions(with_tf: bool) -> dict[str, str]:
     try:
         from importlib.metadata import version
 
-        out["streamwatch"] = version("streamwatch")
+        out["streamwatch"] = version(DIST_NAME)
     except Exception:
         out["streamwatch"] = "unknown"
     return out
