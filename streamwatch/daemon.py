@@ -53,14 +53,9 @@ STALL_S = 30.0
 
 
 def prepare_tensorflow(cfg: Config) -> None:
-    """Pin TensorFlow's thread pools for a small edge machine and import it quietly, if the
-    configured detector uses it (the Gaussian never does)."""
-    if cfg.engine.tf_intra_threads:
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(cfg.engine.tf_intra_threads))
-    if cfg.engine.tf_inter_threads:
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(cfg.engine.tf_inter_threads))
-    if cfg.detector.type != "gaussian":
-        tfquiet.import_tensorflow()
+    """Import TensorFlow quietly with the configured thread pools, if the configured detector
+    uses it (:func:`streamwatch.tfquiet.prepare`)."""
+    tfquiet.prepare(cfg.detector.type, cfg.engine.tf_intra_threads, cfg.engine.tf_inter_threads)
 
 
 def build_model(cfg: Config) -> tuple[Model, str]:

@@ -97,14 +97,46 @@ def filtered_native_stderr() -> Iterator[None]:
         _capture.leave()
 
 
-def import_tensorflow() -> None:
-    """Import TensorFlow and TensorFlow Probability once, without the start-up noise."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with filtered_native_stderr():
-        import tensorflow as tf
-        import tensorflow_probability  # noqa: F401
+TRAIN_EXTRA = "pip install 'streamwatch-edge[train]'"
+"""How to add TensorFlow to an inference-only install."""
 
-        # The runtime starts (and probes for GPUs) on the first op, and oneDNN says once that
-        # it cannot do int32 on this CPU on the first int32 matmul: let both happen here.
-        tf.add(tf.constant(1), 1)
-        tf.matmul(tf.ones((1, 1), tf.int32), tf.ones((1, 1), tf.int32))
+
+class TensorFlowMissing(ImportError):
+    """The configured detector needs TensorFlow and this install has none."""
+
+
+def import_tensorflow(needed_by: str = "this detector") -> None:
+    """Import TensorFlow and TensorFlow Probability once, without the start-up noise.
+
+    Raises :class:`TensorFlowMissing`, naming ``needed_by`` and the install that adds it, on an
+    inference-only install."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with filtered_native_stderr():
+            import tensorflow as tf
+            import tensorflow_probability  # noqa: F401
+
+            # The runtime starts (and probes for GPUs) on the first op, and oneDNN says once
+            # that it cannot do int32 on this CPU on the first int32 matmul: let both happen
+            # here.
+            tf.add(tf.constant(1), 1)
+            tf.matmul(tf.ones((1, 1), tf.int32), tf.ones((1, 1), tf.int32))
+    except ModuleNotFoundError as exc:
+        raise TensorFlowMissing(
+            f"{needed_by} needs TensorFlow, which this install lacks ({exc.name} not found): "
+            f"{TRAIN_EXTRA}"
+        ) from exc
+
+
+def prepare(detector_type: str, intra_threads: int = 0, inter_threads: int = 0) -> None:
+    """Pin TensorFlow's thread pools (0: TensorFlow's own choice) and import it quietly, if
+    detectors of ``detector_type`` use it; robust and Gaussian never do."""
+    from streamwatch.detectors.base import detector_class
+
+    if not detector_class(detector_type).uses_tensorflow:
+        return
+    if intra_threads:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_threads))
+    if inter_threads:
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(inter_threads))
+    import_tensorflow(f"detector {detector_type!r}")

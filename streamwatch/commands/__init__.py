@@ -54,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
     from streamwatch.detectors.base import ModelError
+    from streamwatch.tfquiet import TensorFlowMissing
 
-    return (ModelError, UsageError)
+    return (ModelError, UsageError, TensorFlowMissing)
 
 
 if __name__ == "__main__":

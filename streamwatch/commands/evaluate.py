@@ -178,6 +178,7 @@ def add_parser(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from simulators.generate import AnomalySpec, read_csv, simulate
+    from streamwatch.daemon import prepare_tensorflow
     from streamwatch.evaluation.baselines import ALL_BASELINES
     from streamwatch.evaluation.datasets import (
         Dataset,
@@ -192,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
+    prepare_tensorflow(cfg)
     if not (args.csv or args.simulate or args.nab or args.skab):
         raise UsageError("give --csv, --simulate, --nab or --skab (or several)")
     if cfg.model_dir is not None and args.protocol in ("train", "both"):

@@ -31,10 +31,12 @@ def add_parser(sub: Any) -> None:
 
 def _handle(args: argparse.Namespace) -> int:
     from streamwatch import dataset
+    from streamwatch.daemon import prepare_tensorflow
     from streamwatch.training import TrainError, train
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
+    prepare_tensorflow(cfg)
     if cfg.model_dir is None:
         raise UsageError("train needs --model-dir (or model_dir in the config)")
     try:

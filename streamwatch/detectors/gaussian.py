@@ -31,6 +31,7 @@ class GaussianDetector(Detector):
 
     name = "gaussian"
     kind = "reading"
+    uses_tensorflow = False
 
     def __init__(self, config: Any, window: int) -> None:
         super().__init__(config, window)

@@ -54,6 +54,7 @@ class RobustDetector(Detector):
     name = "robust"
     kind = "window"
     score_kind = "ratio"
+    uses_tensorflow = False
     part_names = PARTS
 
     def __init__(self, config: RobustConfig, window: int) -> None:

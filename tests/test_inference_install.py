@@ -1,0 +1,110 @@
+"""The inference install: every command that does not need TensorFlow works without it, and
+one that does stops with a one-line error naming the `train` extra.
+
+TensorFlow is hidden from a child interpreter by an import hook that raises
+``ModuleNotFoundError`` for it, as on an install made without ``[train]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HIDE_TF = """
+import sys
+
+class _NoTensorFlow:
+    HIDDEN = ("tensorflow", "tensorflow_probability", "tf_keras", "keras")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.HIDDEN:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoTensorFlow())
+from streamwatch.commands import main
+code = main(sys.argv[1:])
+assert not any(m.split(".")[0] in _NoTensorFlow.HIDDEN for m in sys.modules), "TF was loaded"
+sys.exit(code)
+"""
+
+
+def without_tf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``streamwatch ARGS`` in a child interpreter that cannot import TensorFlow."""
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_TF, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def series_csv(tmp_path: Path) -> Path:
+    """Two sensors, 1,200 readings of a noisy sine, a spike in one near the end; the first
+    1,000 readings also in ``normal.csv``."""
+    path, normal = tmp_path / "data.csv", tmp_path / "normal.csv"
+    with path.open("w", newline="") as f, normal.open("w", newline="") as g:
+        w, wn = csv.writer(f), csv.writer(g)
+        w.writerow(["timestamp", "sensor", "value"])
+        wn.writerow(["timestamp", "sensor", "value"])
+        for i in range(1200):
+            for s, phase in (("a", 0.0), ("b", 1.0)):
+                v = 10.0 + math.sin(i / 20.0 + phase) + 0.05 * ((i * 7919) % 13 - 6)
+                if s == "a" and 1100 <= i < 1110:
+                    v += 25.0
+                w.writerow([1_700_000_000 + i, s, f"{v:.4f}"])
+                if i < 1000:
+                    wn.writerow([1_700_000_000 + i, s, f"{v:.4f}"])
+    return path
+
+
+def test_train_and_replay_with_the_robust_detector_need_no_tensorflow(
+    tmp_path: Path, series_csv: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    normal = str(series_csv.with_name("normal.csv"))
+    r = without_tf("train", "--data", normal, "--model-dir", str(bundle), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "trained robust" in r.stdout
+    out = tmp_path / "alerts.jsonl"
+    r = without_tf(
+        "replay", "--data", str(series_csv), "--model-dir", str(bundle), "--alerts-out", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    raised = [e for e in map(json.loads, out.read_text().splitlines()) if e["state"] == "raised"]
+    assert raised and {e["sensor"] for e in raised} == {"a"}
+    # Warm-up only (no bundle), the Gaussian as well.
+    r = without_tf(
+        "replay", "--data", str(series_csv), "--detector", "gaussian", "--alerts-out", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "--data", "DATA", "--model-dir", "BUNDLE", "--detector", "lstm-vae"),
+        ("replay", "--data", "DATA", "--detector", "gmm", "--alerts-out", "OUT"),
+        ("run", "--detector", "lstm-vae", "--broker", "mqtt://127.0.0.1:9", "--metrics-port", "0"),
+    ],
+    ids=["train-lstm-vae", "replay-gmm", "run-lstm-vae"],
+)
+def test_a_tensorflow_detector_names_the_train_extra_in_one_line(
+    args: tuple[str, ...], tmp_path: Path, series_csv: Path
+) -> None:
+    subst = {"DATA": str(series_csv), "BUNDLE": str(tmp_path / "b"), "OUT": str(tmp_path / "o")}
+    r = without_tf(*(subst.get(a, a) for a in args), cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "streamwatch-edge[train]" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "b").exists()
