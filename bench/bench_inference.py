@@ -12,6 +12,8 @@ each batch size times, with a median over ``--repeats`` runs:
   ``tf.function`` call with a fixed input signature per chunk), plain graph mode;
 * the same with ``jit_compile=True`` (XLA);
 * the bare traced function alone, both ways (what the model costs without numpy around it);
+* ``score()`` with ``engine.inference = "numpy"`` (the same bundle scored with numpy alone, as
+  an install without TensorFlow does), and its bare scoring pass;
 * naive per-window ``model.predict`` and per-window eager calls (on fewer windows: slow).
 
 A benchmark, not a test: it asserts nothing about time.
@@ -26,16 +28,21 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
 from streamwatch.config import LSTMVAEConfig
+from streamwatch.detectors import bundle
+from streamwatch.detectors.bundle import Model
 from streamwatch.detectors.lstm_vae import XLA_MAX_BUCKET, LSTMVAEDetector
+from streamwatch.pipeline.threshold import Thresholds
 
 WINDOW = 20
 
@@ -90,9 +97,13 @@ def main() -> int:
     rng = np.random.default_rng(0)
     t = np.arange(3000) / 50.0
     det.fit({"s": np.sin(2 * np.pi * t) + np.sin(4 * np.pi * t) + rng.normal(0, 0.1, t.size)})
-    net = det._nets["shared"]
+    net: Any = det._nets["shared"]
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle.save(Model(det, Thresholds(1e-5)), Path(tmp) / "m")
+        np_det: Any = bundle.load(Path(tmp) / "m", inference="numpy").detector
+    np_net = np_det._nets["shared"]
     batches = [int(b) for b in args.batches.split(",")]
-    det.max_batch = max(batches)
+    det.max_batch = np_det.max_batch = max(batches)
 
     warm: dict[str, float] = {}
     for jit in (False, True):
@@ -104,6 +115,7 @@ def main() -> int:
     all_x = det.windows_of(np.sin(2 * np.pi * np.arange(max(batches) + WINDOW) / 50.0))
     rows: list[tuple[str, int, float]] = []
     agree: dict[int, float] = {}
+    agree_np: dict[int, float] = {}
     graph_fn, xla_fn = net.scorer(False), net.scorer(True)
     for b in batches:
         x = all_x[:b]
@@ -119,11 +131,15 @@ def main() -> int:
             f"score(), default (XLA up to {XLA_MAX_BUCKET}, graph above)": lambda: score_with(True),
             "traced fn alone, tf.function graph": functools.partial(graph_fn, z),
             "traced fn alone, XLA (jit_compile=True)": functools.partial(xla_fn, z),
+            "score(), numpy (engine.inference numpy)": functools.partial(np_det.score, sensors, x),
+            "numpy pass alone": functools.partial(np_net, z),
         }
         medians = per_window_medians(runs, b, args.repeats)
         rows.extend((name, b, sec) for name, sec in medians.items())
         plain, xla = (f(z)[0].numpy().sum(axis=1) + f(z)[1].numpy() for f in (graph_fn, xla_fn))
         agree[b] = float(np.max(np.abs(xla - plain) / np.maximum(1.0, np.abs(plain))))
+        in_numpy = np_det.score(sensors, x)
+        agree_np[b] = float(np.max(np.abs(in_numpy - plain) / np.maximum(1.0, np.abs(plain))))
         print(f"batch {b}: done", file=sys.stderr)
 
     n = args.naive_windows
@@ -154,6 +170,7 @@ def main() -> int:
         *(f"| {name} | {b} | {s * 1e6:,.1f} | {1 / s:,.0f} |" for name, b, s in rows),
     ]
     agreement = ", ".join(f"batch {b}: {d:.1e}" for b, d in agree.items())
+    agreement_np = ", ".join(f"batch {b}: {d:.1e}" for b, d in agree_np.items())
     warm_text = (
         f"warm_up() over every bucket up to {det.max_batch}: graph mode {warm['graph']:.1f} s "
         f"(one trace), then XLA {warm['XLA']:.1f} s (one compile per bucket up to "
@@ -162,6 +179,7 @@ def main() -> int:
     text = "\n".join(table)
     print(text)
     print(f"XLA vs graph, max relative score difference: {agreement}")
+    print(f"numpy vs graph, max relative score difference: {agreement_np}")
     print(warm_text)
     if args.write:
         intra = tf.config.threading.get_intra_op_parallelism_threads()
@@ -183,7 +201,8 @@ def main() -> int:
         args.write.write_text(
             header
             + text
-            + f"\n\nXLA against plain graph mode, max relative score difference: {agreement}.\n\n"
+            + f"\n\nXLA against plain graph mode, max relative score difference: {agreement}.\n"
+            + f"numpy against plain graph mode, max relative score difference: {agreement_np}.\n\n"
             + f"One-off cost: {warm_text}.\n\n"
             + "## Reading it\n\n"
             "- *score()* is the detector's hot path (numpy standardisation, padding to a bucket, "

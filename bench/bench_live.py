@@ -547,6 +547,8 @@ class Daemon:
         model_dir: Path,
         tf_threads: tuple[int, int] = (2, 1),
         tag: str = "",
+        python: str = PY,
+        inference: str = "auto",
     ) -> None:
         self.metrics_port = free_port()
         name = f"{detector}{tag}"
@@ -558,13 +560,14 @@ class Daemon:
             f"[windows]\nlength = {WINDOW}\nstride = 1\n"
             f'[detector]\ntype = "{detector}"\n'
             f"[engine]\ntf_intra_threads = {tf_threads[0]}\ntf_inter_threads = {tf_threads[1]}\n"
+            f'inference = "{inference}"\n'
             f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n'
         )
         self.log = workdir / f"streamwatch-{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [PY, "-m", "streamwatch", "run", "--config", str(conf)],
+            [python, "-m", "streamwatch", "run", "--config", str(conf)],
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,

@@ -356,6 +356,12 @@ class EngineConfig(_Strict):
     )
     tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0: TF's).")
     tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0: TF's).")
+    inference: Literal["auto", "tensorflow", "numpy"] = Field(
+        "auto",
+        description="How a trained LSTM-VAE bundle scores: tensorflow (tf.function, XLA), numpy "
+        "(no TensorFlow in memory; what an install without it uses), auto (TensorFlow if "
+        "installed).",
+    )
 
 
 class MetricsConfig(_Strict):

@@ -52,10 +52,17 @@ STALL_S = 30.0
 """The worker counts as stuck (``/readyz`` fails) when its loop has not turned for this long."""
 
 
-def prepare_tensorflow(cfg: Config) -> None:
+def prepare_tensorflow(cfg: Config, training: bool = False) -> None:
     """Import TensorFlow quietly with the configured thread pools, if the configured detector
-    uses it (:func:`streamwatch.tfquiet.prepare`)."""
-    tfquiet.prepare(cfg.detector.type, cfg.engine.tf_intra_threads, cfg.engine.tf_inter_threads)
+    needs it (:func:`streamwatch.tfquiet.prepare`): for ``training``, or to score and learn
+    online without a trained bundle; a bundle in ``model_dir`` may score without it."""
+    tfquiet.prepare(
+        cfg.detector.type,
+        cfg.engine.tf_intra_threads,
+        cfg.engine.tf_inter_threads,
+        scoring_only=not training and cfg.model_dir is not None,
+        inference=cfg.engine.inference,
+    )
 
 
 def build_model(cfg: Config) -> tuple[Model, str]:
@@ -63,11 +70,13 @@ def build_model(cfg: Config) -> tuple[Model, str]:
     kept in the state directory, else a fresh detector. Returns the model and its source."""
     prepare_tensorflow(cfg)
     if cfg.model_dir is not None:
-        return bundle.load(cfg.model_dir, expect=cfg.detector), str(cfg.model_dir)
+        return bundle.load(cfg.model_dir, expect=cfg.detector, inference=cfg.engine.inference), str(
+            cfg.model_dir
+        )
     auto = auto_model_dir(cfg)
     if auto is not None and (auto / bundle.MANIFEST).exists():
         try:
-            model = bundle.load(auto, expect=cfg.detector)
+            model = bundle.load(auto, expect=cfg.detector, inference=cfg.engine.inference)
             if model.detector.config == cfg.detector:
                 return model, str(auto)
             log.info("auto-trained model in %s has other settings; training afresh", auto)
@@ -236,7 +245,11 @@ class Daemon:
         with self._reloading:
             sdnotify.reloading()
             try:
-                model = bundle.load(self.cfg.model_dir, expect=self.cfg.detector)
+                model = bundle.load(
+                    self.cfg.model_dir,
+                    expect=self.cfg.detector,
+                    inference=self.cfg.engine.inference,
+                )
             except bundle.ModelError as exc:
                 log.error("reload failed, keeping the current model: %s", exc)
                 return False

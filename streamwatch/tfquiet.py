@@ -128,12 +128,35 @@ def import_tensorflow(needed_by: str = "this detector") -> None:
         ) from exc
 
 
-def prepare(detector_type: str, intra_threads: int = 0, inter_threads: int = 0) -> None:
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported here (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def prepare(
+    detector_type: str,
+    intra_threads: int = 0,
+    inter_threads: int = 0,
+    *,
+    scoring_only: bool = False,
+    inference: str = "auto",
+) -> None:
     """Pin TensorFlow's thread pools (0: TensorFlow's own choice) and import it quietly, if
-    detectors of ``detector_type`` use it; robust and Gaussian never do."""
+    detectors of ``detector_type`` need it: robust and Gaussian never do, and a detector that
+    can score without it does not when only scoring a trained bundle (``scoring_only``) with
+    ``inference`` "numpy", or "auto" on an install without TensorFlow."""
     from streamwatch.detectors.base import detector_class
 
-    if not detector_class(detector_type).uses_tensorflow:
+    cls = detector_class(detector_type)
+    if not cls.uses_tensorflow:
+        return
+    numpy_ok = scoring_only and cls.scores_without_tensorflow
+    if numpy_ok and (inference == "numpy" or (inference == "auto" and not tensorflow_installed())):
         return
     if intra_threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_threads))

@@ -305,6 +305,44 @@ def test_lstm_vae_xla_agrees_with_graph_mode(vae: Fitted) -> None:
     np.testing.assert_allclose(xla, reference, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("samples", [1, 4])
+def test_lstm_vae_numpy_scoring_agrees_with_tensorflow(
+    vae: Fitted, samples: int, tmp_path: Path
+) -> None:
+    """The numpy twin (engine.inference = "numpy", an install without TensorFlow) scores a
+    saved bundle as TensorFlow does, to float32 rounding: within 1e-4 relative (1e-3 nats)."""
+    from streamwatch.detectors.lstm_numpy import NumpyNet
+
+    if samples == 1:
+        det: Any = vae.det
+    else:
+        cfg = CONFIGS["lstm-vae"].model_copy(update={"latent_samples": samples, "epochs": 1})
+        det = base.create(cfg, WINDOW)
+        det.fit({"s1": sine(400, seed=1)})
+    bundle.save(Model(det, Thresholds(FAR)), tmp_path / "m")
+    tf_det: Any = bundle.load(tmp_path / "m", inference="tensorflow").detector
+    np_det: Any = bundle.load(tmp_path / "m", inference="numpy").detector
+    assert isinstance(np_det._nets["shared"], NumpyNet)
+    assert not isinstance(tf_det._nets["shared"], NumpyNet)
+    normal = det.windows_of(sine(300, seed=12, offset=1500))
+    odd = det.windows_of(_level_shift(_spike(sine(400, seed=13))))
+    for x in (normal, odd):
+        sensors = ["s1"] * len(x)
+        tf_det.jit_compile = False
+        reference = tf_det.score(sensors, x)
+        np.testing.assert_allclose(np_det.score(sensors, x), reference, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(
+            np_det.explain(sensors, x), tf_det.explain(sensors, x), rtol=1e-4, atol=1e-3
+        )
+    # Saved again from numpy (as the daemon saves what it learned), the arrays are unchanged.
+    bundle.save(Model(np_det, Thresholds(FAR)), tmp_path / "again")
+    with (
+        np.load(tmp_path / "m" / "shared.weights.npz") as a,
+        np.load(tmp_path / "again" / "shared.weights.npz") as b,
+    ):
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
 def test_lstm_vae_adapt_needs_weights_and_learns_scaling(vae: Fitted) -> None:
     fresh = base.create(CONFIGS["lstm-vae"], WINDOW)
     assert not fresh.trained
@@ -326,9 +364,9 @@ def test_lstm_vae_per_sensor_models_round_trip(tmp_path: Path) -> None:
     det = base.create(cfg, WINDOW)
     det.fit({"a": sine(300, seed=1), "b": 3.0 * sine(300, seed=2)})
     bundle.save(Model(det, Thresholds(FAR)), tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").glob("*.h5")) == [
-        "m0.weights.h5",
-        "m1.weights.h5",
+    assert sorted(p.name for p in (tmp_path / "m").glob("*.weights.*")) == [
+        "m0.weights.npz",
+        "m1.weights.npz",
     ]
     loaded = bundle.load(tmp_path / "m").detector
     x = sine(100, seed=3)

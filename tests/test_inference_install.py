@@ -108,3 +108,35 @@ def test_a_tensorflow_detector_names_the_train_extra_in_one_line(
     assert "streamwatch-edge[train]" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_an_lstm_vae_bundle_replays_without_tensorflow_with_the_same_verdicts(
+    tmp_path: Path, series_csv: Path
+) -> None:
+    """Trained with TensorFlow, replayed on an install without it (numpy scoring): the same
+    alerts as TensorFlow gives."""
+    from streamwatch.commands import main
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        '[detector]\ntype = "lstm-vae"\nhidden = 8\nlatent = 2\nepochs = 2\nmin_steps = 0\n'
+        "batch_size = 64\n"
+    )
+    bundle = tmp_path / "bundle"
+    normal = series_csv.with_name("normal.csv")
+    args = ["--config", str(conf), "--model-dir", str(bundle)]
+    assert main(["train", "--data", str(normal), *args]) == 0
+    with_tf, no_tf = tmp_path / "tf.jsonl", tmp_path / "np.jsonl"
+    tf_conf = tmp_path / "tf.toml"
+    tf_conf.write_text(conf.read_text() + '[engine]\ninference = "tensorflow"\n')
+    replay = ["replay", "--data", str(series_csv), "--model-dir", str(bundle)]
+    assert main([*replay, "--config", str(tf_conf), "--alerts-out", str(with_tf)]) == 0
+    r = without_tf(*replay, "--config", str(conf), "--alerts-out", str(no_tf), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    def verdicts(path: Path) -> list[tuple[str, str, float]]:
+        events = map(json.loads, path.read_text().splitlines())
+        return [(e["sensor"], e["state"], e["ts"]) for e in events]
+
+    assert verdicts(no_tf) == verdicts(with_tf)
+    assert ("a", "raised", 1_700_001_100.0) in [(s, st, float(t)) for s, st, t in verdicts(no_tf)]

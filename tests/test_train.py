@@ -68,7 +68,7 @@ def test_train_lstm_vae_with_config_file(tmp_path: Path) -> None:
         main(["train", "--data", str(data), "--model-dir", str(model), "--config", str(conf)]) == 0
     )
     manifest = json.loads((model / bundle.MANIFEST).read_text())
-    assert manifest["window"] == 10 and "shared.weights.h5" in manifest["files"]
+    assert manifest["window"] == 10 and "shared.weights.npz" in manifest["files"]
     assert "warmup" not in manifest["hyper"] and "auto_train" not in manifest["hyper"]
     m = bundle.load(model)
     assert m.detector.trained and set(m.thresholds.per_sensor) == {"pump", "fan"}

@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
-    prepare_tensorflow(cfg)
+    prepare_tensorflow(cfg, training=True)
     if not (args.csv or args.simulate or args.nab or args.skab):
         raise UsageError("give --csv, --simulate, --nab or --skab (or several)")
     if cfg.model_dir is not None and args.protocol in ("train", "both"):

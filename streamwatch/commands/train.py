@@ -36,7 +36,7 @@ def _handle(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level)
-    prepare_tensorflow(cfg)
+    prepare_tensorflow(cfg, training=True)
     if cfg.model_dir is None:
         raise UsageError("train needs --model-dir (or model_dir in the config)")
     try:

@@ -53,6 +53,8 @@ class Detector(ABC):
     a warm-up does."""
     uses_tensorflow: ClassVar[bool] = True
     """Whether fitting or scoring imports TensorFlow (an inference-only install lacks it)."""
+    scores_without_tensorflow: ClassVar[bool] = False
+    """Whether a trained bundle can score with numpy alone (``engine.inference``)."""
     slow_adapt: ClassVar[bool] = False
     """Whether :meth:`adapt` takes long enough (seconds) that the daemon runs it off the
     worker thread, through :meth:`adapted_state` and :meth:`install_state`."""
@@ -61,6 +63,8 @@ class Detector(ABC):
         self.config = config
         self.window = 1 if self.kind == "reading" else window
         self.max_batch = 4096
+        self.inference = "auto"
+        """``engine.inference``: how a loaded bundle scores, where there is a choice."""
         """The most rows one :meth:`score` call gets (the engine sets it from its config)."""
 
     # -- model ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Bundle layout (a directory, never a pickle)::
                       file
     sensors.json      per-sensor state: normalisation or fitted parameters
     thresholds.json   calibrated thresholds
-    <weights>         detector-specific, e.g. shared.weights.h5 for the LSTM-VAE
+    <weights>         detector-specific, e.g. shared.weights.npz for the LSTM-VAE (plain arrays)
 
 The manifest holds the model's hyper-parameters only (``detector.*`` of the config): runtime
 policy such as the warm-up length or auto-training is the running config's, never the
@@ -187,9 +187,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load(path: Path, expect: DetectorConfig | None = None) -> Model:
+def load(path: Path, expect: DetectorConfig | None = None, inference: str = "auto") -> Model:
     """Load a bundle. With ``expect``, its detector type must match the configured one (its
-    hyper-parameters are the bundle's own)."""
+    hyper-parameters are the bundle's own). ``inference`` (``engine.inference``) picks how a
+    detector that can score with or without TensorFlow does."""
     from pydantic import TypeAdapter, ValidationError
 
     manifest = read_manifest(path)
@@ -207,6 +208,7 @@ def load(path: Path, expect: DetectorConfig | None = None) -> Model:
     if config.type != name:
         raise ModelError(f"{path / MANIFEST}: detector {name!r} but config type {config.type!r}")
     det = cls(config, window)
+    det.inference = inference
     try:
         det._restore_sensor_state(json.loads((path / SENSORS).read_text(encoding="utf-8")))
         thresholds = Thresholds.from_json(

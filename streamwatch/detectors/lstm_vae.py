@@ -55,15 +55,19 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamwatch.config import LSTMVAEConfig
-from streamwatch.detectors.base import Detector, NotTrained
+from streamwatch.detectors import lstm_numpy
+from streamwatch.detectors.base import Detector, ModelError, NotTrained
 from streamwatch.detectors.gaussian import sigma_floor
-from streamwatch.detectors.lstm_vae_net import Net
-from streamwatch.detectors.lstm_vae_train import Trainer, TrainReport
+from streamwatch.detectors.lstm_numpy import NumpyNet
+
+if TYPE_CHECKING:
+    from streamwatch.detectors.lstm_vae_net import Net
+    from streamwatch.detectors.lstm_vae_train import TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +88,13 @@ class LSTMVAEDetector(Detector):
     name = "lstm-vae"
     kind = "window"
     shared_weights = True
+    scores_without_tensorflow = True
 
     def __init__(self, config: LSTMVAEConfig, window: int) -> None:
         super().__init__(config, window)
         self.cfg = config
         self.jit_compile = JIT_COMPILE_DEFAULT
-        self._nets: dict[str, Net] = {}
+        self._nets: dict[str, Net | NumpyNet] = {}
         self._norm: dict[str, tuple[float, float]] = {}
         self._model_of: dict[str, str] = {}
         self.reports: dict[str, TrainReport] = {}
@@ -173,6 +178,8 @@ class LSTMVAEDetector(Detector):
         )
 
     def _train(self, train: np.ndarray, val: np.ndarray, key: str, seed_offset: int = 0) -> Net:
+        from streamwatch.detectors.lstm_vae_train import Trainer
+
         what = "shared model" if key == SHARED else f"model of {key}"
         trainer = Trainer(self.cfg, self.window, self.cfg.seed + seed_offset, what)
         self.reports[key] = trainer.fit(train, val)
@@ -219,7 +226,7 @@ class LSTMVAEDetector(Detector):
         v = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
         return ((v - mean[:, None]) / std[:, None]).astype(np.float32)
 
-    def _run(self, net: Net, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, net: Net | NumpyNet, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks."""
         n = len(z)
         steps = np.empty((n, self.window), np.float64)
@@ -232,8 +239,8 @@ class LSTMVAEDetector(Detector):
                 part = np.concatenate([part, np.zeros((size - len(part), self.window), np.float32)])
             s, k = net.scorer(self.jit_compile and size <= XLA_MAX_BUCKET)(part)
             m = min(chunk, n - start)
-            steps[start : start + m] = s.numpy()[:m]
-            kl[start : start + m] = k.numpy()[:m]
+            steps[start : start + m] = np.asarray(s)[:m]
+            kl[start : start + m] = np.asarray(k)[:m]
         return steps, kl
 
     def _contributions(
@@ -286,26 +293,54 @@ class LSTMVAEDetector(Detector):
 
     @staticmethod
     def _weights_file(key: str) -> str:
-        return f"{key}.weights.h5"
+        return f"{key}.weights.npz"
 
     def _save_weights(self, path: Path) -> list[str]:
         names = []
         for key, net in self._nets.items():
             name = self._weights_file(key)
-            net.vae.save_weights(path / name)
+            if isinstance(net, NumpyNet):
+                lstm_numpy.save_npz(path / name, net.w, net.eps)
+            else:
+                lstm_numpy.save_npz(path / name, lstm_numpy.keras_weights(net.vae), net.eps)
             names.append(name)
         return names
 
+    def _use_tensorflow(self) -> bool:
+        if self.inference == "numpy":
+            return False
+        if self.inference == "tensorflow":
+            return True
+        from streamwatch.tfquiet import tensorflow_installed
+
+        return tensorflow_installed()
+
     def _load_weights(self, path: Path) -> None:
-        # Weights only (HDF5 arrays into a model built here from the config): nothing in the
-        # model directory is ever executed.
+        # Weights only (arrays into a model built here from the config): nothing in the model
+        # directory is ever executed. Bundles before the .npz weights hold Keras HDF5 files.
         keys = sorted(set(self._model_of.values()))
         if not keys:
             raise ValueError("no sensors and no model in the bundle")
+        tf = self._use_tensorflow()
         self._nets = {}
         for key in keys:
+            npz, h5 = path / self._weights_file(key), path / f"{key}.weights.h5"
+            if not npz.exists() and not tf:
+                raise ModelError(
+                    f"{path}: {h5.name} needs TensorFlow to read (a bundle from before numpy "
+                    "scoring): retrain it with `streamwatch train`, or install TensorFlow"
+                )
+            if not tf:
+                self._nets[key] = NumpyNet.load(npz, self.window)
+                continue
+            from streamwatch.detectors.lstm_vae_net import Net
+
             net = Net(self.cfg, self.window, self.cfg.seed)
-            net.vae.load_weights(path / self._weights_file(key))
+            if npz.exists():
+                arrays = NumpyNet.load(npz, self.window).w
+                net.vae.set_weights([arrays[n] for n in lstm_numpy.WEIGHT_NAMES])
+            else:
+                net.vae.load_weights(h5)
             self._nets[key] = net
 
 

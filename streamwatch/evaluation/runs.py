@@ -96,7 +96,7 @@ def run_streamwatch(cfg: Any, ds: Dataset, model_dir: Path | None = None) -> Run
         learning = cfg.learning.model_copy(update={"warmup": max(10, warmup)})
         c = cfg.model_copy(update={"learning": learning})
         if model_dir:
-            model = bundle.load(model_dir, c.detector)
+            model = bundle.load(model_dir, c.detector, inference=c.engine.inference)
         else:
             model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
         if not model.detector.trained:

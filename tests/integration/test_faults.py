@@ -806,8 +806,9 @@ def test_lstm_vae_weights_swapped_for_a_keras_lambda_archive_is_refused_unexecut
     tmp_path: Path,
 ) -> None:
     """An attacker who can write the model directory replaces the weights with a full Keras
-    model whose Lambda layer runs code, and even fixes the manifest's checksum: loading is a
-    ModelError (weights-only HDF5 loading, into a model built from code), and nothing ran."""
+    model whose Lambda layer runs code, or with an .npz holding a pickled object, and even
+    fixes the manifest's checksum: loading is a ModelError (plain arrays only, no pickle, into
+    a model built from code), and nothing ran."""
     import keras
 
     from streamwatch.config import LSTMVAEConfig
@@ -818,8 +819,10 @@ def test_lstm_vae_weights_swapped_for_a_keras_lambda_archive_is_refused_unexecut
     det.fit({"a": np.sin(np.arange(400) / 8.0) + rng.normal(0, 0.05, 400)})
     vae = tmp_path / "vae"
     bundle.save(Model(det, Thresholds(1e-5)), vae)
-    (weights,) = vae.glob("*.weights.h5")
+    (weights,) = vae.glob("*.weights.npz")
     assert _load_watched(vae).knows("a")  # the honest bundle loads
+    with np.load(weights, allow_pickle=False) as f:
+        honest = {k: f[k] for k in f.files}
 
     marker = tmp_path / "lambda-ran"
 
@@ -844,6 +847,15 @@ def test_lstm_vae_weights_swapped_for_a_keras_lambda_archive_is_refused_unexecut
     _plant(vae, marker)
     with pytest.raises(base.ModelError, match=r"cannot load lstm-vae model") as err:
         _load_watched(vae)
-    assert "file signature not found" in str(err.value)  # HDF5 refused the zip archive
+    assert "no eps array" in str(err.value)  # the zip holds no weight arrays
+    assert not marker.exists(), "code from the model directory ran"
+    # An .npz whose weights are a pickled object that runs code when unpickled.
+    with weights.open("wb") as f:
+        np.savez(f, **(honest | {"enc_kernel": np.array([_Planted(marker)], dtype=object)}))
+    manifest["files"][weights.name] = bundle._sha256(weights)
+    (vae / bundle.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(base.ModelError, match=r"cannot load lstm-vae model") as err:
+        _load_watched(vae)
+    assert "allow_pickle" in str(err.value)
     assert not marker.exists(), "code from the model directory ran"
     assert _UNPICKLED == []
