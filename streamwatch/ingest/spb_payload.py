@@ -275,8 +275,9 @@ def _put_bytes(out: bytearray, num: int, data: bytes) -> None:
 
 
 def encode_metric(m: Metric) -> bytes:
-    """The wire bytes of one metric. The value goes in the field its datatype names
-    (``value_field`` overrides that, to write deliberately wrong payloads in tests)."""
+    """The wire bytes of one metric. The value goes in the field its datatype names, or
+    without a datatype the field its Python type suggests (``value_field`` overrides both,
+    e.g. a Float sent by alias, or a deliberately wrong payload in a test)."""
     out = bytearray()
     if m.name is not None:
         _put_bytes(out, 1, m.name.encode("utf-8"))
@@ -291,8 +292,8 @@ def encode_metric(m: Metric) -> bytes:
         _put_key(out, 7, _VARINT)
         _put_varint(out, 1)
         return bytes(out)
-    f = m.value_field or VALUE_FIELD.get(m.datatype or 0, 0)
     v = m.value
+    f = m.value_field or VALUE_FIELD.get(m.datatype or 0, 0) or _field_of(v)
     if v is None or not f:
         return bytes(out)
     if f in (F_INT, F_LONG, F_BOOL):
@@ -309,6 +310,19 @@ def encode_metric(m: Metric) -> bytes:
     else:
         _put_bytes(out, f, v if isinstance(v, bytes) else str(v).encode("utf-8"))
     return bytes(out)
+
+
+def _field_of(v: object) -> int:
+    """The value field for a metric sent without a datatype (data messages by alias)."""
+    if isinstance(v, bool):
+        return F_BOOL
+    if isinstance(v, int):
+        return F_LONG
+    if isinstance(v, float):
+        return F_DOUBLE
+    if isinstance(v, str):
+        return F_STRING
+    return F_BYTES if isinstance(v, bytes) else 0
 
 
 def encode(p: Payload) -> bytes:
