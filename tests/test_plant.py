@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from simulators import plant
-from simulators.generate import Simulated
+from simulators.generate import Simulated, read_csv
 from simulators.plant import COUPLING_KINDS, MEMBERS, PlantFaults, simulate_plant
 from streamwatch.evaluation.datasets import from_plant
 
@@ -127,3 +131,25 @@ def test_bad_arguments() -> None:
         simulate_plant(0, 100.0)
     with pytest.raises(ValueError):
         simulate_plant(1, 100.0, stagger_s=0.5)
+
+
+def test_cli_writes_the_plant_and_refuses_sparkplug_without_plant(tmp_path: Path) -> None:
+    out, ev = tmp_path / "p.csv", tmp_path / "e.csv"
+    base = [sys.executable, "-m", "streamwatch", "simulate"]
+    args = ["--plant", "2", "--duration", "3600", "--warmup", "600", "--seed", "4"]
+    res = subprocess.run(
+        [*base, *args, "--csv", str(out), "--events", str(ev)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "36000 readings from 2 pumps" in res.stdout
+    again = simulate_plant(2, 3600.0, 1.0, 4, 1.7e9, PlantFaults(), warmup_s=600.0)
+    back = read_csv(out, ev)
+    for s in again.sensors:
+        np.testing.assert_array_equal(back.series(s)[1], again.series(s)[1])
+    assert back.events == again.events
+    bad = subprocess.run([*base, "--sparkplug"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--sparkplug needs --plant" in bad.stderr
+    bad = subprocess.run([*base, "--plant", "1", "--sparkplug"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--sparkplug needs --broker" in bad.stderr

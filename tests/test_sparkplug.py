@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from streamwatch.config import Config, PayloadConfig
+from streamwatch.config import Config, ConfigError, PayloadConfig, from_mapping
 from streamwatch.detectors import bundle
 from streamwatch.ingest import parse
 from streamwatch.ingest import sparkplug as sp
@@ -384,3 +384,15 @@ def test_silence_marker_restarts_windows_and_is_counted() -> None:
     # readings after the death refill the window as new
     engine.process([([Reading(a, NOW + 9, 0.5)], NOW + 9)], now=NOW + 9)
     assert engine.windows.sensors[a].filled == 1
+
+
+def test_config_topic_and_group_check() -> None:
+    assert Config().sparkplug.enabled is False
+    assert from_mapping({"sparkplug": {"enabled": True}}).sparkplug.topic == "spBv1.0/#"
+    cfg = from_mapping({"sparkplug": {"enabled": True, "group": "plant1"}})
+    assert cfg.sparkplug.topic == "spBv1.0/plant1/#"
+    for bad in ("a/b", "+", "#", ""):
+        with pytest.raises(ConfigError, match=r"sparkplug\.group"):
+            from_mapping({"sparkplug": {"group": bad}})
+    with pytest.raises(ConfigError, match=r"sparkplug\.rebirth_interval_s"):
+        from_mapping({"sparkplug": {"rebirth_interval_s": 0}})
