@@ -14,8 +14,9 @@ vibration       ``V = V0 + V1·Q``: a flow-dependent component            (mm/s)
 ==============  =====================================================================
 
 each plus Gaussian noise (``NOISE``). Faults that break the coupling (``COUPLING_KINDS``),
-each reaching full strength over the first fifth of its span and kept inside the member's
-normal range (the range the demand sweeps):
+each rising to full strength over the first fifth of its span and easing off over the last
+fifth (a fault that started or ended in one step would be a jump any per-sensor detector
+sees), and kept inside the member's normal range (the range the demand sweeps):
 
 - ``valve_closing``: the flow reading drops (up to ``VALVE_DROP``), but pressure, current,
   temperature and vibration stay where the old flow put them;
@@ -78,6 +79,7 @@ VALVE_DROP: Final = 30.0
 CAVITATION_DROP: Final = 0.9
 CAVITATION_VIBRATION: Final = 0.35
 RAMP_SHARE: Final = 0.2
+"""The share of a coupling fault's span spent rising to full strength, and easing off."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,9 @@ def _inject(
     """Apply one fault in place; returns the labelled index span."""
     sl = slice(a, b + 1)
     m = b + 1 - a
-    ramp = np.minimum(1.0, np.arange(1, m + 1) / max(1.0, RAMP_SHARE * m)) * min(size, 1.0)
+    k = np.arange(1, m + 1)
+    edge = max(1.0, RAMP_SHARE * m)
+    ramp = np.minimum(1.0, np.minimum(k, m + 1 - k) / edge) * min(size, 1.0)
     q = v["_q"][sl]
     if kind == "valve_closing":
         q_lo = Q_MAX * DEMAND_LO

@@ -81,7 +81,7 @@ def test_coupling_faults_stay_in_range_and_break_the_relation(pair: tuple) -> No
             # ... but the relation between members breaks (judged on the fault's full-strength
             # part, in units of the normal residual's spread)
             n = int(during.sum())
-            full = np.flatnonzero(during)[int(0.25 * n) :]
+            full = np.flatnonzero(during)[int(0.25 * n) : int(0.75 * n)]
             which = {"valve_closing": "pressure", "cavitation": "pressure"}.get(e.kind, "vibration")
             kinds_seen[e.kind].append(float(np.mean(np.abs(r[which][full]))) / spread[which])
     for kind, shifts in kinds_seen.items():
