@@ -396,3 +396,31 @@ def test_config_topic_and_group_check() -> None:
             from_mapping({"sparkplug": {"group": bad}})
     with pytest.raises(ConfigError, match=r"sparkplug\.rebirth_interval_s"):
         from_mapping({"sparkplug": {"rebirth_interval_s": 0}})
+
+
+def test_wildcards_in_metric_names_do_not_reach_topics(dec: sp.SparkplugDecoder) -> None:
+    dec.handle(topic("NBIRTH"), nbirth(0), NOW)
+    birth = spb.Payload(seq=1, metrics=[metric("Temp #1+2", 1, spb.DOUBLE, 3.0, timestamp=MS)])
+    h = dec.handle(topic("DBIRTH", D), spb.encode(birth), NOW)
+    assert [r.sensor for r in h.readings] == [sensor("Temp _1_2")]
+
+
+def test_a_rebirth_does_not_reset_the_request_rate_limit(dec: sp.SparkplugDecoder) -> None:
+    born(dec)
+    assert dec.handle(topic("DDATA", D), ddata(9, metric(None, 10, None, 1.0)), NOW).rebirth
+    born(dec)  # the node answers at once, and then skips a seq again
+    h = dec.handle(topic("DDATA", D), ddata(9, metric(None, 10, None, 1.0)), NOW + 1)
+    assert h.events == [sp.EV_SEQ_GAP] and h.rebirth is None
+
+
+def test_edge_nodes_remembered_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sp, "MAX_NODES", 2)
+    dec = sp.SparkplugDecoder(PayloadConfig())
+    for edge in ("e1", "e2"):
+        assert not dec.handle(f"spBv1.0/{G}/NBIRTH/{edge}", nbirth(0), NOW).rejects
+    assert dec.handle(f"spBv1.0/{G}/NBIRTH/e3", nbirth(0), NOW).rejects == [sp.TOO_MANY_NODES]
+    h = dec.handle(f"spBv1.0/{G}/NDATA/e4", ddata(1, metric(None, 1, None, 1.0)), NOW)
+    assert h.rejects == [sp.NO_BIRTH] and h.rebirth is None
+    assert len(dec.nodes) == 2
+    # a node already known is born again as usual
+    assert dec.handle(f"spBv1.0/{G}/NBIRTH/e1", nbirth(0), NOW).events == [sp.EV_NBIRTH]

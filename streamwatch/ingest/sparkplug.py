@@ -56,7 +56,19 @@ UNKNOWN_ALIAS: Final = "sparkplug_unknown_alias"
 TYPE_MISMATCH: Final = "sparkplug_type_mismatch"
 UNSUPPORTED_TYPE: Final = "sparkplug_unsupported_type"
 NO_BIRTH: Final = "sparkplug_no_birth"
-REASONS: Final = (BAD_TOPIC, UNDECODABLE, UNKNOWN_ALIAS, TYPE_MISMATCH, UNSUPPORTED_TYPE, NO_BIRTH)
+TOO_MANY_NODES: Final = "sparkplug_too_many_nodes"
+REASONS: Final = (
+    BAD_TOPIC,
+    UNDECODABLE,
+    UNKNOWN_ALIAS,
+    TYPE_MISMATCH,
+    UNSUPPORTED_TYPE,
+    NO_BIRTH,
+    TOO_MANY_NODES,
+)
+MAX_NODES: Final = 10_000
+"""Edge nodes remembered at most (births, aliases, seq): a backstop on memory. A birth from
+one more is rejected (``sparkplug_too_many_nodes``)."""
 
 # Events (label values of streamwatch_sparkplug_events_total).
 EV_NBIRTH: Final = "nbirth"
@@ -121,8 +133,10 @@ def is_sparkplug(topic: str) -> bool:
 
 
 def sensor_for(group: str, edge: str, device: str | None, metric: str) -> str:
-    """The sensor id of a Sparkplug metric."""
-    return f"{SENSOR_ROOT}/{group}/{edge}/{device or NODE_DEVICE}/{metric}"
+    """The sensor id of a Sparkplug metric. A metric name may hold any character, but a
+    sensor id is also a topic level of its alerts: ``+`` and ``#`` become ``_``."""
+    member = metric.replace("+", "_").replace("#", "_")
+    return f"{SENSOR_ROOT}/{group}/{edge}/{device or NODE_DEVICE}/{member}"
 
 
 def rebirth_request(group: str, edge: str, now: float) -> tuple[str, bytes]:
@@ -173,7 +187,12 @@ class SparkplugDecoder:
         key = (group, edge)
         node = self.nodes.get(key)
         if kind == "NBIRTH":
+            if node is None and len(self.nodes) >= MAX_NODES:
+                out.rejects.append(TOO_MANY_NODES)
+                return out
+            asked = node.rebirth_at if node is not None else -math.inf
             node = self.nodes[key] = _Node(born=True, bd_seq=_bd_seq(p), seq=p.seq)
+            node.rebirth_at = asked  # a rebirth does not reset the request rate limit
             out.events.append(EV_NBIRTH)
             self._birth(node, group, edge, NODE_DEVICE, p, now, out)
             return out
@@ -302,6 +321,8 @@ class SparkplugDecoder:
     ) -> None:
         out.rejects.append(NO_BIRTH)
         if node is None:
+            if len(self.nodes) >= MAX_NODES:
+                return  # no room to remember a request's time: no request
             node = self.nodes[(group, edge)] = _Node()
         self._ask_rebirth(node, group, edge, now, out)
 
