@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import time
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,9 +18,11 @@ from streamwatch.detectors import bundle
 from streamwatch.ingest import parse
 from streamwatch.ingest import sparkplug as sp
 from streamwatch.ingest import spb_payload as spb
+from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading, Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.handoff import Handoff
 
 NOW = 1_700_000_000.0
 MS = int(NOW * 1000)
@@ -424,3 +428,61 @@ def test_edge_nodes_remembered_are_capped(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(dec.nodes) == 2
     # a node already known is born again as usual
     assert dec.handle(f"spBv1.0/{G}/NBIRTH/e1", nbirth(0), NOW).events == [sp.EV_NBIRTH]
+
+
+# -- through the network-thread callback --------------------------------------------------------
+
+
+class _Client:
+    """Stands in for paho's client inside the callback: records acks and publishes."""
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+        self.published: list[tuple[str, bytes, int]] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.published.append((topic, payload, qos))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.binary(max_size=60), max_size=5))
+def test_link_hands_off_acks_and_never_raises(garbage: list[bytes]) -> None:
+    """Births, data, garbage, a gap and a death through ``MQTTLink._on_message``: every
+    message is acknowledged once, after the worker took it; the rebirth request is published;
+    the death reaches the worker as a marker."""
+    cfg = from_mapping({"detector": {"type": "gaussian"}, "sparkplug": {"enabled": True}})
+    metrics = Metrics(CollectorRegistry())
+    handoff = Handoff(10_000)
+    link = MQTTLink(cfg.mqtt, cfg.payload, metrics, handoff.put, cfg.sparkplug)
+    assert link.topics == ["sensors/#", "spBv1.0/#"]
+    client = _Client()
+    link.client = client  # type: ignore[assignment]
+    engine = Engine(cfg, bundle.fresh(cfg.detector, 1, 1e-3), metrics, lambda ev: None)
+    now_ms = int(time.time() * 1000)
+    msgs = [
+        (topic("NBIRTH"), nbirth(0)),
+        (topic("DBIRTH", D), dbirth(1)),
+        *[(topic("DDATA", D), g) for g in garbage],
+        (topic("DDATA", D), ddata(2, metric(None, 10, None, 7.0, timestamp=now_ms))),
+        (topic("DDATA", D), ddata(9, metric(None, 10, None, 8.0, timestamp=now_ms + 1))),
+        (topic("DDEATH", D), ddata(10)),
+    ]
+    for mid, (t, payload) in enumerate(msgs, 1):
+        msg = mqtt.MQTTMessage(mid, t.encode())
+        msg.payload = payload
+        msg.qos = 1
+        link._on_message(client, None, msg)  # type: ignore[arg-type]
+    assert client.acks == []  # nothing acknowledged before the worker took it
+    items = handoff.drain(0)
+    engine.process(items)
+    link.ack([tok for *_, tok in items if tok is not None])
+    assert client.acks == list(range(1, len(msgs) + 1))
+    assert any(isinstance(r, Silence) for r, *_ in items)
+    gaps = metrics.sparkplug_events.labels(sp.EV_SEQ_GAP)._value.get()
+    assert gaps >= 1 and metrics.silenced._value.get() == 4
+    ncmd = [p for p in client.published if p[0] == f"spBv1.0/{G}/NCMD/{E}"]
+    assert len(ncmd) == 1 and ncmd[0][2] == 0
+    assert metrics.message_errors._value.get() == 0
