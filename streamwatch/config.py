@@ -171,6 +171,32 @@ class PayloadConfig(_Strict):
     )
 
 
+class SparkplugConfig(_Strict):
+    """Sparkplug B ingest: edge nodes publishing ``spBv1.0`` births, data and deaths."""
+
+    enabled: bool = Field(
+        False, description="Also subscribe to spBv1.0/<group>/# (all groups: spBv1.0/#)."
+    )
+    group: str | None = Field(
+        None, min_length=1, description="Only this Sparkplug group id; unset: every group."
+    )
+    rebirth_interval_s: float = Field(
+        10.0, gt=0, description="Least time between two rebirth requests to one edge node."
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _one_level(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "/+#"):
+            raise ValueError("a Sparkplug group id is one topic level (no /, + or #)")
+        return v
+
+    @property
+    def topic(self) -> str:
+        """The topic filter to subscribe to."""
+        return f"spBv1.0/{self.group}/#" if self.group else "spBv1.0/#"
+
+
 class WindowConfig(_Strict):
     """Per-sensor sliding windows (window detectors only; reading detectors use length 1)."""
 
@@ -408,6 +434,7 @@ class Config(_Strict):
 
     mqtt: MQTTConfig = MQTTConfig()
     payload: PayloadConfig = PayloadConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
     windows: WindowConfig = WindowConfig()
     detector: DetectorConfig = RobustConfig()
     learning: LearningConfig = LearningConfig()

@@ -105,7 +105,7 @@ class Daemon:
         self.on_alert = on_alert
         self.handoff = Handoff(cfg.engine.queue_readings)
         # The link first: a missing secret or TLS file is reported before the model loads.
-        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put)
+        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put, cfg.sparkplug)
         model, source = build_model(cfg)
         self.metrics.set_model(model.name, model.hyper_hash, source, on_plateau(model))
         self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None

@@ -30,9 +30,24 @@ anomaly kinds (--kinds), magnitudes at --size 1 (scaled by --amplitude):
   frequency    the signal runs twice as fast
   dropout      readings are missing; the first reading after the gap is labelled 1
 
+plant (--plant N): N pumps of five coupled sensors, plant/<pump>/<member> (flow, pressure,
+current, temperature, vibration), driven by a slowly varying demand, with faults that break
+the coupling while each sensor stays in its normal range (--plant-kinds):
+  valve_closing  the flow reading drops; current, pressure and vibration do not follow
+  cavitation     pressure drops at steady flow; vibration rises and gets noisier
+  bearing_wear   vibration no longer follows the flow (it mirrors it)
+plus the per-sensor kinds above but frequency. Plain MQTT topics are PREFIX + sensor id
+(sensors/plant/pump00/flow -> sensor plant/pump00/flow; [groups] patterns = ["plant/+/#"]).
+With --sparkplug the plant is one Sparkplug B edge node (--spb-group, --spb-edge), each pump
+a device: NBIRTH/DBIRTH, DDATA by alias with seq, births again on an NCMD rebirth request,
+NDEATH as the MQTT will and at the end (sensor ids in the daemon:
+sparkplug/<group>/<edge>/<pump>/<member>).
+
 examples:
   streamwatch simulate --sensors 4 --duration 7200 --csv sim.csv --events events.csv
   streamwatch simulate --sensors 10 --broker mqtt://localhost:1883 --realtime
+  streamwatch simulate --plant 2 --duration 7200 --csv plant.csv --events plant-events.csv
+  streamwatch simulate --plant 2 --broker mqtt://localhost:1883 --sparkplug --realtime
 """
 
 
@@ -160,6 +175,43 @@ def add_parser(sub: Any) -> None:
         help="anomaly-free lead-in, seconds, for detectors to learn from (default 600)",
     )
 
+    g = p.add_argument_group("plant (multivariate)")
+    g.add_argument(
+        "--plant",
+        type=int,
+        default=0,
+        metavar="PUMPS",
+        help="simulate this many pumps of five coupled sensors instead of --sensors "
+        "independent ones (the stream shape options then do not apply)",
+    )
+    g.add_argument(
+        "--plant-kinds",
+        default=None,
+        metavar="K1,K2",
+        help="plant fault kinds (default: all; see below)",
+    )
+    g.add_argument(
+        "--plant-rate",
+        type=float,
+        default=2.0,
+        metavar="PER_HOUR",
+        help="mean faults per pump per hour; 0 = none (default 2)",
+    )
+    g.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="member k's timestamps are k*S seconds after the flow's (default 0: shared)",
+    )
+    g.add_argument(
+        "--sparkplug",
+        action="store_true",
+        help="with --plant and --broker: publish as a Sparkplug B edge node",
+    )
+    g.add_argument("--spb-group", default="plant", help="Sparkplug group id (default plant)")
+    g.add_argument("--spb-edge", default="edge1", help="Sparkplug edge node id (default edge1)")
+
     g = p.add_argument_group("files")
     g.add_argument(
         "--csv", metavar="OUT.csv", help="write labelled readings: timestamp,sensor,value,label"
@@ -237,6 +289,12 @@ def run(args: argparse.Namespace) -> int:
     from streamwatch.commands.common import EXIT_FAILURE, EXIT_OK, UsageError, setup_logging
 
     setup_logging(args.log_level)
+    if args.plant:
+        from streamwatch.commands.simulate_plant import run_plant
+
+        return run_plant(args)
+    if args.sparkplug:
+        raise UsageError("--sparkplug needs --plant")
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     try:
         sensor = SensorSpec(args.period, args.amplitude, args.offset, args.noise, args.walk)

@@ -100,6 +100,26 @@ def from_simulated(sim: LabelledStreams, name: str, n_train: int, tolerance_s: f
     return Dataset(name, ts, value, label, events, {s: n_train for s in ts}, tolerance_s)
 
 
+def from_plant(
+    sim: LabelledStreams,
+    n_train: int,
+    tolerance_s: float = 0.0,
+    name: str = "plant",
+    split: str = "all",
+) -> Dataset:
+    """A data set from the plant simulator's output (``simulators.plant.simulate_plant``):
+    like :func:`from_simulated`, with each pump (``plant/<pump>``, a sensor id less its last
+    level) a group. A coupling fault is an event on every member of its pump, a per-sensor
+    fault on its member only; ``Event.kind`` says which."""
+    ds = from_simulated(sim, name, n_train, tolerance_s)
+    groups: dict[str, list[str]] = {}
+    for s in ds.sensors:
+        groups.setdefault(s.rpartition("/")[0], []).append(s)
+    ds.groups = groups
+    ds.split = split
+    return ds
+
+
 def from_nab(root: Path, only: Sequence[str] = ()) -> Dataset:
     """A data set from NAB files: one sensor per series, the probation as training data."""
     from streamwatch.evaluation.nab import load_corpus

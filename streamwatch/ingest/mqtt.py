@@ -32,8 +32,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig
-from streamwatch.ingest.parse import Reading, parse
+from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
+from streamwatch.ingest.parse import Reading, Silence, parse
+from streamwatch.ingest.sparkplug import SparkplugDecoder, is_sparkplug
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
 
@@ -77,11 +78,17 @@ class MQTTLink:
         payload: PayloadConfig,
         metrics: Metrics,
         hand_off: Callable[[Sequence[Reading], float, AckToken | None], object],
+        sparkplug: SparkplugConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.payload = payload
         self.metrics = metrics
         self.hand_off = hand_off
+        spb = sparkplug or SparkplugConfig()
+        self.topics = [*cfg.topics, spb.topic] if spb.enabled else list(cfg.topics)
+        """The filters subscribed to: ``mqtt.topics``, and Sparkplug B's when enabled."""
+        self.sparkplug = SparkplugDecoder(payload, spb.rebirth_interval_s)
+        """Sparkplug B host state (births, aliases, seq); network thread only."""
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.last_error: str | None = "not connected yet"
@@ -249,9 +256,9 @@ class MQTTLink:
             session = getattr(flags, "session_present", False)
             if self.cfg.protocol == "5":
                 opts = SubscribeOptions(qos=self.cfg.qos)
-                client.subscribe([(t, opts) for t in self.cfg.topics])
+                client.subscribe([(t, opts) for t in self.topics])
             else:
-                client.subscribe([(t, int(self.cfg.qos)) for t in self.cfg.topics])
+                client.subscribe([(t, int(self.cfg.qos)) for t in self.topics])
             client.publish(self.cfg.status_topic, ONLINE, qos=1, retain=True)
             self.last_error = None
             self.connected.set()
@@ -261,7 +268,7 @@ class MQTTLink:
                 self.cfg.host,
                 self.cfg.port,
                 session,
-                ", ".join(self.cfg.topics),
+                ", ".join(self.topics),
             )
         except Exception:
             log.exception("error in on_connect")
@@ -311,7 +318,7 @@ class MQTTLink:
         self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any
     ) -> None:
         try:
-            refused = [(t, c) for t, c in zip(self.cfg.topics, codes, strict=False) if c.is_failure]
+            refused = [(t, c) for t, c in zip(self.topics, codes, strict=False) if c.is_failure]
             for topic, code in refused:
                 log.error("subscription to %s refused: %s", topic, code)
             if not refused:
@@ -340,22 +347,22 @@ class MQTTLink:
                     topic = msg.topic
                 except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a lax broker may not
                     topic = ""  # no sensor id: rejected as bad_topic
-                out = parse(topic, bytes(msg.payload), now, self.payload)
-                for reason in out.rejects:
+                readings, rejects = self._decode(topic, bytes(msg.payload), now)
+                for reason in rejects:
                     self.metrics.rejected.labels(reason).inc()
-                if out.rejects:
+                if rejects:
                     _limited.log(
                         logging.WARNING,
                         "rejected",
                         "rejected %d item(s) on %r: %s",
-                        len(out.rejects),
+                        len(rejects),
                         topic,
-                        ", ".join(sorted(set(out.rejects))),
+                        ", ".join(sorted(set(rejects))),
                     )
-                if out.readings or token is not None:
+                if readings or token is not None or readings.__class__ is Silence:
                     # A QoS 1 message with nothing to score goes through the queue too, so
                     # that acknowledgements leave in the order the messages came (MQTT 4.6).
-                    shed = self.hand_off(out.readings, now, token)
+                    shed = self.hand_off(readings, now, token)
                     handed = True
                     if shed:
                         self.metrics.shed.inc(shed)  # type: ignore[arg-type]
@@ -382,6 +389,24 @@ class MQTTLink:
                     self.hand_off((), time.time(), token)
                 except Exception:
                     client.ack(msg.mid, msg.qos)
+
+    def _decode(
+        self, topic: str, payload: bytes, now: float
+    ) -> tuple[Sequence[Reading], list[str]]:
+        """A message's readings (or a :class:`Silence` marker) and rejection reasons."""
+        if not is_sparkplug(topic):
+            out = parse(topic, payload, now, self.payload)
+            return out.readings, out.rejects
+        h = self.sparkplug.handle(topic, payload, now)
+        for event in h.events:
+            self.metrics.sparkplug_events.labels(event).inc()
+            _limited.log(logging.INFO, f"sparkplug_{event}", "Sparkplug %s on %s", event, topic)
+        if h.rebirth is not None:
+            # QoS 0, as Sparkplug sends commands; the rate limit is the decoder's.
+            self.client.publish(h.rebirth[0], h.rebirth[1], qos=0)
+        if h.silenced:
+            return Silence(h.silenced, now), h.rejects
+        return h.readings, h.rejects
 
 
 def _why(exc: OSError) -> str:

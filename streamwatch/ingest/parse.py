@@ -67,6 +67,22 @@ class Reading:
     value: float
 
 
+class Silence(tuple[Reading, ...]):
+    """A marker handed to the worker in place of a message's readings: these sensors went
+    silent (a Sparkplug NDEATH or DDEATH). It holds no readings, so the queue counts it as
+    none; the worker restarts the sensors' windows."""
+
+    sensors: tuple[str, ...]
+    ts: float
+
+    def __new__(cls, sensors: tuple[str, ...] | list[str], ts: float) -> Silence:
+        """A marker for ``sensors``, silent since ``ts`` (epoch seconds)."""
+        obj = super().__new__(cls, ())
+        obj.sensors = tuple(sensors)
+        obj.ts = ts
+        return obj
+
+
 @dataclass(slots=True)
 class Decoded:
     """The result of decoding one message: good readings, and one reason per rejected item."""

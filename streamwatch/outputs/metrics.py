@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from streamwatch import DIST_NAME
-from streamwatch.ingest import parse
+from streamwatch.ingest import parse, sparkplug
 
 OTHER = "_other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -107,7 +107,7 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        for reason in parse.REASONS:
+        for reason in (*parse.REASONS, *sparkplug.REASONS):
             self.rejected.labels(reason)
         self.shed = Counter(
             "streamwatch_readings_shed",
@@ -130,6 +130,19 @@ class Metrics:
         )
         self.window_restarts = Counter(
             "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
+        )
+        self.sparkplug_events = Counter(
+            "streamwatch_sparkplug_events",
+            "Sparkplug B births, deaths, seq gaps and rebirth requests, by event",
+            ["event"],
+            registry=registry,
+        )
+        for event in sparkplug.EVENTS:
+            self.sparkplug_events.labels(event)
+        self.silenced = Counter(
+            "streamwatch_sensors_silenced",
+            "Sensors marked silent by a Sparkplug NDEATH or DDEATH (their windows restart)",
+            registry=registry,
         )
         self.mqtt_connected = Gauge(
             "streamwatch_mqtt_connected", "1 when connected to the broker", registry=registry

@@ -25,6 +25,7 @@ import numpy as np
 from streamwatch.config import Config
 from streamwatch.detectors.base import Detector
 from streamwatch.detectors.bundle import Model
+from streamwatch.ingest.parse import Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
 from streamwatch.pipeline.handoff import Item, Queued
@@ -142,6 +143,9 @@ class Engine:
         restarts = windows.restarts
         for item in items:
             readings, arrived = item[0], item[1]
+            if readings.__class__ is Silence:
+                self._silence(readings)
+                continue
             for r in readings:
                 sw = windows.get(r.sensor, now)
                 st: SensorState | None = sw.state
@@ -335,6 +339,20 @@ class Engine:
             reason="evicted",
         )
         self.sink(ev)
+
+    def _silence(self, marker: Silence) -> None:
+        """Sensors that went silent (a Sparkplug death): their partial windows restart, so
+        no window spans the silence; their alert state is kept."""
+        windows = self.windows
+        restarted = 0
+        for sensor in marker.sensors:
+            sw = windows.sensors.get(sensor)
+            if sw is not None and sw.filled:
+                sw.restart()
+                restarted += 1
+        windows.restarts += restarted
+        self.metrics.silenced.inc(len(marker.sensors))
+        log.info("%d sensor(s) went silent (device or node death)", len(marker.sensors))
 
     def evict_idle(self, now: float) -> None:
         """Drop sensors idle longer than ``windows.idle_evict_s``."""
