@@ -547,7 +547,10 @@ class Daemon:
         model_dir: Path,
         tf_threads: tuple[int, int] = (2, 1),
         tag: str = "",
+        root: Path | None = None,
     ) -> None:
+        """``root``: run the ``streamwatch`` package found there (an older checkout) instead
+        of this one."""
         self.metrics_port = free_port()
         name = f"{detector}{tag}"
         conf = workdir / f"streamwatch-{name}.toml"
@@ -562,12 +565,15 @@ class Daemon:
         )
         self.log = workdir / f"streamwatch-{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+        if root is not None:
+            env["PYTHONPATH"] = str(root)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [PY, "-m", "streamwatch", "run", "--config", str(conf)],
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=root,
         )
         self._ready()
         self.startup_s = time.monotonic() - self.started
@@ -1315,7 +1321,14 @@ def main() -> int:
         args.report.write_text(json.dumps(report, indent=2, default=float))
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(markdown(report, command))
+        text = markdown(report, command)
+        # Keep the section bench/ack_compare.py writes (between its markers).
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        begin, end = "<!-- ack_compare -->", "<!-- /ack_compare -->"
+        if begin in old and end in old:
+            keep = old[old.index(begin) : old.index(end) + len(end)]
+            text = text.replace("\n## Trials\n", f"\n{keep}\n\n## Trials\n", 1)
+        args.write.write_text(text)
     for row in report["figures"]:
         met = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
         print(f"{row['figure']:<70} {_fmt(row['measured'], row['unit']):>22} {met}")
