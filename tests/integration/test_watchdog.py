@@ -157,7 +157,8 @@ def test_ready_waits_for_the_model_warm_up(
         finally:
             release.set()
             pub.close()
-            os.kill(os.getpid(), signal.SIGTERM)  # run_forever's handler stops it
+            if signal.getsignal(signal.SIGTERM) is not saved[signal.SIGTERM]:
+                os.kill(os.getpid(), signal.SIGTERM)  # run_forever's handler stops it
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     driver = threading.Thread(target=drive, name="driver")
