@@ -549,7 +549,12 @@ class Daemon:
         tag: str = "",
         python: str = PY,
         inference: str = "auto",
+        root: Path | None = None,
     ) -> None:
+        """``python``: the interpreter (another install); ``inference``: ``engine.inference``
+        (written only when not "auto", so an older checkout still reads the config);
+        ``root``: run the ``streamwatch`` package found there (an older checkout) instead of
+        this one."""
         self.metrics_port = free_port()
         name = f"{detector}{tag}"
         conf = workdir / f"streamwatch-{name}.toml"
@@ -560,17 +565,20 @@ class Daemon:
             f"[windows]\nlength = {WINDOW}\nstride = 1\n"
             f'[detector]\ntype = "{detector}"\n'
             f"[engine]\ntf_intra_threads = {tf_threads[0]}\ntf_inter_threads = {tf_threads[1]}\n"
-            f'inference = "{inference}"\n'
-            f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n'
+            + (f'inference = "{inference}"\n' if inference != "auto" else "")
+            + f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n'
         )
         self.log = workdir / f"streamwatch-{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+        if root is not None:
+            env["PYTHONPATH"] = str(root)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [python, "-m", "streamwatch", "run", "--config", str(conf)],
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=root,
         )
         self._ready()
         self.startup_s = time.monotonic() - self.started
@@ -1318,7 +1326,14 @@ def main() -> int:
         args.report.write_text(json.dumps(report, indent=2, default=float))
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(markdown(report, command))
+        text = markdown(report, command)
+        # Keep the section bench/ack_compare.py writes (between its markers).
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        begin, end = "<!-- ack_compare -->", "<!-- /ack_compare -->"
+        if begin in old and end in old:
+            keep = old[old.index(begin) : old.index(end) + len(end)]
+            text = text.replace("\n## Trials\n", f"\n{keep}\n\n## Trials\n", 1)
+        args.write.write_text(text)
     for row in report["figures"]:
         met = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
         print(f"{row['figure']:<70} {_fmt(row['measured'], row['unit']):>22} {met}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from wsgiref.simple_server import WSGIServer
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from streamwatch import sdnotify, tfquiet
+from streamwatch import durable, sdnotify, tfquiet
 from streamwatch.config import Config
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
@@ -353,14 +352,8 @@ class Daemon:
     def _save_alert_state(self, raised: dict[str, str]) -> None:
         if self.state_file is None:
             return
-        tmp = self.state_file.with_suffix(".tmp")
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w", encoding="utf-8") as f:
-                f.write(json.dumps({"raised": raised}))
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.state_file)
+            durable.write_atomic(self.state_file, json.dumps({"raised": raised}))
         except OSError as exc:
             log.error("cannot save alert state to %s: %s", self.state_file, exc)
 

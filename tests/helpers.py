@@ -151,13 +151,28 @@ class Publisher:
     def __init__(self, port: int) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(1000)
+        self.acked_at: dict[int, float] = {}
+        """``time.time()`` when the broker's PUBACK for each message id arrived (ids wrap
+        after 65,535 messages)."""
+        self.client.on_publish = self._on_publish
+        self.connects = 0
+        """CONNACKs received: 2 once it has reconnected after a broker restart."""
+        self.client.on_connect = self._on_connect
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self._infos: list[mqtt.MQTTMessageInfo] = []
 
-    def send(self, topic: str, payload: str | bytes) -> None:
-        """Publish one message at QoS 1."""
-        self._infos.append(self.client.publish(topic, payload, qos=1))
+    def _on_connect(self, c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+        self.connects += 1
+
+    def _on_publish(self, c: mqtt.Client, u: Any, mid: int, rc: Any, p: Any) -> None:
+        self.acked_at[mid] = time.time()
+
+    def send(self, topic: str, payload: str | bytes) -> int:
+        """Publish one message at QoS 1; returns its message id."""
+        info = self.client.publish(topic, payload, qos=1)
+        self._infos.append(info)
+        return info.mid
 
     def reading(self, sensor: str, value: float, ts: float) -> None:
         """Publish one JSON reading to ``sensors/<sensor>``."""

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from streamwatch import durable
+
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], int | None]
@@ -158,14 +160,8 @@ class Outbox:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            tmp = self.path.with_suffix(".tmp")
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with tmp.open("w", encoding="utf-8") as f:
-                    f.write("".join(e + "\n" for e in entries))
-                    f.flush()
-                    os.fsync(f.fileno())
-                tmp.replace(self.path)
+                durable.write_atomic(self.path, "".join(e + "\n" for e in entries))
                 self._lines = len(entries)
             except OSError as exc:
                 log.error("cannot rewrite the alert outbox %s: %s", self.path, exc)
