@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -112,6 +113,8 @@ class Daemon:
             cfg.state_dir / "outbox.jsonl" if cfg.state_dir else None, self.link.publish
         )
         self.link.on_published = self.outbox.published
+        self._held: list[Any] = []
+        """Acknowledgement tokens held back while the outbox cannot be written."""
         self.engine = Engine(
             cfg,
             model,
@@ -371,6 +374,8 @@ class Daemon:
             while True:
                 stopping = self._stop.is_set()
                 items = self.handoff.drain(0 if stopping else 0.2)
+                if not items and self._held:
+                    self._process([])  # retry the outbox write that held these back
                 for part in _slices(items, SLICE_READINGS):
                     self._process(part)
                     now = time.time()
@@ -400,7 +405,8 @@ class Daemon:
         """Score one slice, make its alerts durable, then acknowledge its messages: a reading
         is acknowledged only once it was scored and any alert it caused is in the outbox."""
         try:
-            self.engine.process(items)
+            if items:
+                self.engine.process(items)
         except Exception:
             # Deterministic failures would recur on redelivery: acknowledge, but say so.
             self.metrics.message_errors.inc(len(items))
@@ -412,10 +418,23 @@ class Daemon:
                 len(items),
                 exc_info=True,
             )
-        self.outbox.flush()
+        durable = self.outbox.flush()
         if (raised := self.engine.raised_changes()) is not None:
             self._save_alert_state(raised)
-        self.link.ack([tok for *_, tok in items if tok is not None])
+        self._held.extend(tok for *_, tok in items if tok is not None)
+        if durable:
+            self.link.ack(self._held)
+            self._held = []
+        else:
+            # The alerts are published but not on disk: hold the acknowledgements back (the
+            # broker stops sending once its in-flight window is full) until a flush succeeds.
+            self.metrics.outbox_write_errors.inc()
+            _limited.log(
+                logging.ERROR,
+                "outbox_hold",
+                "alert outbox not writable: holding back %d acknowledgements",
+                len(self._held),
+            )
 
     def _publish_event(self, ev: AlertEvent) -> None:
         mq = self.cfg.mqtt

@@ -393,3 +393,21 @@ def test_lstm_vae_min_steps_adds_epochs_on_small_data(
     epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
     assert "4 epochs (8 steps each; up to 8 while it still improves)" in caplog.text
     assert 4 <= len(epochs) <= 8
+
+
+@pytest.mark.parametrize("stage", ["new", "old"])
+def test_a_save_interrupted_between_its_renames_still_loads(stage: str, tmp_path: Path) -> None:
+    """``bundle.save`` writes ``.m.new``, renames ``m`` to ``.m.old``, then ``.m.new`` to ``m``.
+    A crash between the renames leaves no ``m``: loading takes the complete new bundle, or,
+    without it, the previous one."""
+    model = fitted_detector("robust").model
+    bundle.save(model, tmp_path / "m")
+    (tmp_path / "m").rename(tmp_path / f".m.{stage}")
+    loaded = bundle.load(tmp_path / "m")
+    x = sine(100, seed=5)
+    np.testing.assert_array_equal(
+        scores_of(loaded.detector, "s1", x), scores_of(model.detector, "s1", x)
+    )
+    shutil.rmtree(tmp_path / f".m.{stage}")
+    with pytest.raises(ModelError, match="does not exist"):
+        bundle.load(tmp_path / "m")

@@ -77,3 +77,22 @@ def test_outbox_compaction_syncs_the_directory_after_its_rename(
     ]
     box.close()
     assert len(Outbox(path, lambda topic, payload, retain: None)) == 1
+
+
+def test_acknowledgements_wait_while_the_outbox_cannot_be_written(tmp_path: Path) -> None:
+    """Readings whose alerts are not on disk are not acknowledged: their tokens are held (in
+    arrival order) and acknowledged with the first turn whose outbox write succeeds, which an
+    idle worker turn retries; each failed turn is counted."""
+    cfg = from_mapping({"state_dir": str(tmp_path / "s"), "detector": {"type": "gaussian"}})
+    daemon = Daemon(cfg)
+    acked: list[object] = []
+    daemon.link.ack = acked.extend  # type: ignore[method-assign]
+    results = iter([False, False, True])
+    daemon.outbox.flush = lambda: next(results)  # type: ignore[method-assign]
+    daemon._process([((), 0.0, "t1"), ((), 0.0, None)])
+    daemon._process([((), 0.0, "t2")])
+    assert acked == [] and daemon._held == ["t1", "t2"]
+    daemon._process([])  # the idle retry
+    assert acked == ["t1", "t2"] and daemon._held == []
+    errors = daemon.metrics.registry.get_sample_value("streamwatch_outbox_write_errors_total")
+    assert errors == 2

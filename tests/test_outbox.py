@@ -78,3 +78,24 @@ def test_without_a_state_directory_it_lives_in_memory() -> None:
     box.published(1)
     box.flush()
     assert len(box) == 0
+
+
+def test_a_failed_write_is_reported_and_retried_while_the_alert_still_goes_out(
+    tmp_path: Path,
+) -> None:
+    """A full disk (here: the outbox's folder is a file): flush says the entry is not durable,
+    publishes it anyway, and writes it on the first flush that can."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a folder")
+    broker = _Broker()
+    box = Outbox(blocker / "outbox.jsonl", broker.publish)
+    box.add("streamwatch/alerts/a", b'{"state":"raised"}')
+    assert box.flush() is False
+    assert [t for t, _, _ in broker.sent] == ["streamwatch/alerts/a"]
+    assert box.flush() is False  # still failing: still not durable, not sent twice
+    assert len(broker.sent) == 1
+    blocker.unlink()
+    assert box.flush() is True
+    lines = [json.loads(x) for x in (blocker / "outbox.jsonl").read_text().splitlines()]
+    assert [x.get("topic") for x in lines] == ["streamwatch/alerts/a"]
+    assert len(broker.sent) == 1

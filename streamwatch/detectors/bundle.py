@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from streamwatch import DIST_NAME
+from streamwatch import DIST_NAME, durable
 from streamwatch.config import DetectorConfig
 from streamwatch.detectors.base import Detector, ModelError, create, detector_class
 from streamwatch.pipeline.threshold import Thresholds
@@ -108,9 +108,11 @@ def save(model: Model, path: Path) -> None:
         if stale.exists():
             shutil.rmtree(stale)
     _write(model, new)
+    durable.fsync_dir(path.parent)
     if path.exists():
         path.rename(old)
     new.rename(path)
+    durable.fsync_dir(path.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
     log.info("saved %s model to %s", model.name, path)
@@ -187,12 +189,26 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _after_interrupted_save(path: Path) -> Path:
+    """``path``, or where :func:`save` left the bundle if a crash came between its two
+    renames: the complete new one (``.NAME.new``), else the previous one (``.NAME.old``)."""
+    if path.exists():
+        return path
+    for stage in ("new", "old"):
+        alt = path.with_name(f".{path.name}.{stage}")
+        if (alt / MANIFEST).is_file():
+            log.warning("%s is missing; loading %s (a save was interrupted)", path, alt)
+            return alt
+    return path
+
+
 def load(path: Path, expect: DetectorConfig | None = None, inference: str = "auto") -> Model:
     """Load a bundle. With ``expect``, its detector type must match the configured one (its
     hyper-parameters are the bundle's own). ``inference`` (``engine.inference``) picks how a
     detector that can score with or without TensorFlow does."""
     from pydantic import TypeAdapter, ValidationError
 
+    path = _after_interrupted_save(Path(path))
     manifest = read_manifest(path)
     name = manifest.get("detector")
     if expect is not None and name != expect.type:

@@ -155,6 +155,12 @@ class Metrics:
             "Alert or state publishes that paho refused",
             registry=registry,
         )
+        self.outbox_write_errors = Counter(
+            "streamwatch_outbox_write_errors",
+            "Worker turns whose alerts could not be written to the outbox (acknowledgements "
+            "held back until a write succeeds)",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "streamwatch_build_info",
             "Build and detector in use",

@@ -14,6 +14,7 @@ the file is emptied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,20 +99,33 @@ class Outbox:
             )
             self._unsent.append(self._seq)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Make what was added durable (written and synced), then publish it, and record
         what the broker has acknowledged since. Call before acknowledging the readings that
-        caused it. Worker thread only: all file work happens here."""
+        caused it. Worker thread only: all file work happens here.
+
+        Returns whether everything added so far is on disk. When the write fails (a full
+        disk, say) the entries are published anyway and kept for the next flush to write;
+        the caller must not acknowledge the readings behind them until a flush succeeds."""
         with self._lock:
             lines, self._unwritten = self._unwritten, []
             unsent, self._unsent = self._unsent, []
             done, self._done = self._done, []
             empty = not self._open
+        durable = True
         if lines or done:
             # A lost "done" mark only means a publish is repeated after a crash (with its
             # alert_id), so those are not synced; new entries are.
-            self._append([*(json.dumps({"done": s}) for s in done), *lines], sync=bool(lines))
-        if self._lines > COMPACT_AFTER or (empty and self._lines > COMPACT_EMPTY_AFTER):
+            durable = self._append(
+                [*(json.dumps({"done": s}) for s in done), *lines], sync=bool(lines)
+            )
+            if not durable:
+                with self._lock:
+                    self._unwritten[:0] = lines
+                    self._done[:0] = done
+        if durable and (
+            self._lines > COMPACT_AFTER or (empty and self._lines > COMPACT_EMPTY_AFTER)
+        ):
             self._rewrite()
         for seq in unsent:
             with self._lock:
@@ -123,6 +137,7 @@ class Outbox:
             if mid is not None:
                 with self._lock:
                     self._by_mid[mid] = seq
+        return durable
 
     def published(self, mid: int) -> None:
         """The broker acknowledged message ``mid`` (paho's on_publish: network thread, so
@@ -132,9 +147,9 @@ class Outbox:
             if seq is not None and self._open.pop(seq, None) is not None:
                 self._done.append(seq)
 
-    def _append(self, lines: list[str], sync: bool = True) -> None:
+    def _append(self, lines: list[str], sync: bool = True) -> bool:
         if self.path is None:
-            return
+            return True
         try:
             with self._lock:
                 if self._file is None:
@@ -145,8 +160,15 @@ class Outbox:
                 if sync:
                     os.fsync(self._file.fileno())
                 self._lines += len(lines)
+            return True
         except OSError as exc:
             log.error("cannot write the alert outbox %s: %s", self.path, exc)
+            with self._lock:
+                if self._file is not None:  # reopened (and appended to) on the next try
+                    with contextlib.suppress(OSError):
+                        self._file.close()
+                    self._file = None
+            return False
 
     def _rewrite(self) -> None:
         """Replace the file by its open entries (none: an empty file)."""
