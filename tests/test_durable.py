@@ -86,7 +86,7 @@ def test_acknowledgements_wait_while_the_outbox_cannot_be_written(tmp_path: Path
     cfg = from_mapping({"state_dir": str(tmp_path / "s"), "detector": {"type": "gaussian"}})
     daemon = Daemon(cfg)
     acked: list[object] = []
-    daemon.link.ack = acked.extend  # type: ignore[method-assign]
+    daemon.link.ack = acked.extend  # type: ignore[method-assign,assignment]
     results = iter([False, False, True])
     daemon.outbox.flush = lambda: next(results)  # type: ignore[method-assign]
     daemon._process([((), 0.0, "t1"), ((), 0.0, None)])
