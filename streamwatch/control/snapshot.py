@@ -1,0 +1,181 @@
+"""What the live page shows, built on the worker thread and handed to the HTTP thread whole.
+
+The worker owns the engine's state, so the HTTP thread never reads it: it asks for a
+snapshot (:meth:`Snapshots.want`) and reads the latest one the worker built
+(:meth:`Snapshots.latest`), a plain dict replaced by assignment (atomic in CPython). The worker
+builds one at most every ``every_s`` seconds, and only while someone asks.
+
+Recent scores: :class:`RecentScores` keeps each scored batch's arrays as they are (one append
+per batch, nothing per reading), dropped by age and capped in rows; the snapshot groups them
+by sensor and thins each sensor's series to at most ``points``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from streamwatch.control.state import ControlState
+from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.lifecycle import SCORED
+
+HORIZON_S = 600.0
+"""How far back the page's score charts reach (in reading time)."""
+MAX_ROWS = 200_000
+"""At most this many (sensor, ts, score, threshold) rows are kept for the charts."""
+POINTS = 120
+"""At most this many points per sensor in a snapshot."""
+RECENT_ALERTS = 50
+
+
+class RecentScores:
+    """A ring of scored batches: (sensors, window ends, scores, thresholds)."""
+
+    def __init__(self, horizon_s: float = HORIZON_S, max_rows: int = MAX_ROWS) -> None:
+        self.horizon_s = horizon_s
+        self.max_rows = max_rows
+        self._batches: deque[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._rows = 0
+
+    def add(
+        self, sensors: list[str], ends: list[float], scores: np.ndarray, thr: np.ndarray
+    ) -> None:
+        """Keep one scored batch (the engine's ``on_scores`` hook; worker thread)."""
+        b = (sensors, np.asarray(ends, dtype=np.float64), scores, thr)
+        self._batches.append(b)
+        self._rows += len(sensors)
+        newest = float(b[1].max()) if len(sensors) else -math.inf
+        batches = self._batches
+        while batches and (
+            self._rows > self.max_rows or float(batches[0][1].max()) < newest - self.horizon_s
+        ):
+            self._rows -= len(batches.popleft()[0])
+
+    def by_sensor(self, points: int = POINTS) -> dict[str, list[list[float | None]]]:
+        """Each sensor's recent [ts, score, threshold] rows, oldest first, thinned to
+        ``points``."""
+        grouped: dict[str, list[tuple[float, float, float]]] = {}
+        for sensors, ends, scores, thr in self._batches:
+            for s, t, v, h in zip(
+                sensors, ends.tolist(), scores.tolist(), thr.tolist(), strict=True
+            ):
+                grouped.setdefault(s, []).append((t, v, h))
+        out: dict[str, list[list[float | None]]] = {}
+        for s, rows in grouped.items():
+            step = max(1, math.ceil(len(rows) / points))
+            picked = rows[::-1][::step][::-1]  # keep the newest row
+            out[s] = [[t, _num(v), _num(h)] for t, v, h in picked]
+        return out
+
+
+def _num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class Snapshots:
+    """The live page's view of the engine, rebuilt on request by the worker."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        control: ControlState,
+        every_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.control = control
+        self.every_s = every_s
+        self.clock = clock
+        self.scores = RecentScores()
+        engine.on_scores = self.scores.add
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
+        self._latest: dict[str, Any] | None = None
+        self._built_at = -math.inf
+        self._wanted = threading.Event()
+        self._fresh = threading.Condition()
+
+    # -- HTTP thread ------------------------------------------------------------------------
+
+    def want(self) -> None:
+        """Ask the worker for a fresh snapshot."""
+        self._wanted.set()
+
+    def latest(self, wait_s: float = 0.0) -> dict[str, Any] | None:
+        """The newest snapshot; waits up to ``wait_s`` for a first one."""
+        self.want()
+        if self._latest is None and wait_s > 0:
+            with self._fresh:
+                self._fresh.wait_for(lambda: self._latest is not None, wait_s)
+        return self._latest
+
+    # -- worker thread ----------------------------------------------------------------------
+
+    def alert(self, doc: dict[str, Any]) -> None:
+        """Remember a published alert payload (newest last)."""
+        self.alerts.append(doc)
+
+    def tick(self, now: float | None = None) -> None:
+        """Build a snapshot if one was asked for and the last is older than ``every_s``."""
+        now = self.clock() if now is None else now
+        if not self._wanted.is_set() or now - self._built_at < self.every_s:
+            return
+        self._wanted.clear()
+        snap = self.build(now)
+        with self._fresh:
+            self._latest = snap
+            self._built_at = now
+            self._fresh.notify_all()
+
+    def build(self, now: float) -> dict[str, Any]:
+        """The snapshot: every sensor and held id, recent alerts (worker thread only)."""
+        eng, ctl = self.engine, self.control
+        series = self.scores.by_sensor()
+        rows: dict[str, dict[str, Any]] = {}
+        for sensor, sw in eng.windows.sensors.items():
+            st = sw.state
+            if st is None:
+                continue
+            alert_id = st.alert.alert_id
+            doc: dict[str, Any] = {
+                "id": sensor,
+                "kind": "sensor",
+                "phase": st.phase,
+                "score": _num(st.series.score),
+                "threshold": _num(st.threshold) if st.threshold is not None else None,
+                "readings": st.series.readings,
+                "last_ts": _num(st.series.last_ts),
+                "alert_id": alert_id,
+                "history": series.get(sensor, []),
+            }
+            doc.update(ctl.describe(sensor))
+            doc["state"] = status(doc, st.phase == SCORED)
+            rows[sensor] = doc
+        for target in ctl.holds:  # held ids with no sensor behind them yet (a group, say)
+            if target not in rows:
+                doc = {"id": target, "kind": "id", "phase": None, "alert_id": None, "history": []}
+                doc.update(ctl.describe(target))
+                doc["state"] = status(doc, False)
+                rows[target] = doc
+        return {
+            "now": now,
+            "detector": eng.detector.name,
+            "sensors": [rows[k] for k in sorted(rows)],
+            "alerts": list(reversed(self.alerts)),
+        }
+
+
+def status(doc: dict[str, Any], armed: bool) -> str:
+    """One word for the page: maintenance, muted, alert, armed or warming."""
+    if doc.get("maintenance"):
+        return "maintenance"
+    if doc.get("muted"):
+        return "muted"
+    if doc.get("alert_id"):
+        return "alert"
+    return "armed" if armed else "warming"
