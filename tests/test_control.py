@@ -98,13 +98,14 @@ def test_bad_commands_answer_an_error_count_it_and_change_nothing(tmp_path: Path
     rig = Rig(tmp_path / "operator.json")
     rig.feed("a", normal(400))
     before = dict(rig.control.holds), dict(rig.control.acked)
-    for target, doc in [
+    cases: list[tuple[str, dict[str, Any] | str]] = [
         ("a", "{nope"),
         ("a", {"action": "mute", "for_s": 0}),
         ("a", {"action": "unmute"}),  # not muted
         ("a", {"action": "ack", "alert_id": "deadbeef"}),  # nothing raised
         ("ghost", {"action": "relearn"}),  # not tracked
-    ]:
+    ]
+    for target, doc in cases:
         res = rig.cmd(target, doc)
         assert res["ok"] is False and res["error"], res
         assert res["id"] == target
@@ -139,12 +140,12 @@ def test_maintenance_readings_move_no_baseline_threshold_or_training() -> None:
     rig = Rig()
     rig.feed("a", normal(400))
     det = rig.engine.detector
-    baseline = det._sensor_state()["a"]  # type: ignore[attr-defined]
+    baseline = det._sensor_state()["a"]
     thr = rig.state("a").threshold
     assert rig.cmd("a", {"action": "maintenance", "for_s": 3600})["ok"]
     rig.feed("a", normal(300, level=25.0, seed=2))  # a calibration run at another level
     assert rig.events == []
-    assert det._sensor_state()["a"] == baseline  # type: ignore[attr-defined]
+    assert det._sensor_state()["a"] == baseline
     assert rig.state("a").threshold == thr
     # A sensor first seen during maintenance does not warm up on it.
     assert rig.cmd("b", {"action": "maintenance", "for_s": 3600})["ok"]
@@ -217,7 +218,8 @@ def test_recent_scores_are_kept_per_batch_capped_and_thinned() -> None:
     assert set(out) == {"a", "b"} and len(out["a"]) <= 20
     assert out["a"][-1] == [T0 + 299, 1.0, 3.0]
     assert out["b"][-1][2] is None
-    assert out["a"][0][0] >= T0 + 299 - 100
+    first = out["a"][0][0]
+    assert first is not None and first >= T0 + 299 - 100
 
 
 def test_snapshot_is_built_on_request_and_names_every_state() -> None:
