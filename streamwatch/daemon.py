@@ -423,7 +423,8 @@ class Daemon:
                 if now >= next_watchdog:
                     sdnotify.watchdog()
                     next_watchdog = now + watchdog_every
-                self.operator.tick(now)
+                if self.operator.tick(now):
+                    self.outbox.flush()
                 self.snapshots.tick(now)
                 if now >= next_sweep:
                     self.engine.evict_idle(now)

@@ -77,10 +77,10 @@ class Operator:
         result["source"] = req.source
         self.metrics.commands.labels(action, "ok" if result["ok"] else "error").inc()
         if len(target) <= 256 and "+" not in target and "#" not in target:
+            if result["ok"]:  # the state first: once the result is seen, so is the state
+                self.publish_state(target, now)
             topic = f"{self.cmd_prefix}/{target}/result"
             self.publish(topic, json.dumps(result).encode(), False)
-            if result["ok"]:
-                self.publish_state(target, now)
         req.result = result
         if req.done is not None:
             req.done.set()
@@ -133,11 +133,12 @@ class Operator:
 
     # -- time and alerts --------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """End the mutes and maintenance windows whose time has come."""
+    def tick(self, now: float) -> bool:
+        """End the mutes and maintenance windows whose time has come; True if any ended
+        (their retained state was queued for publishing)."""
         gone = self.control.expire(now)
         if not gone:
-            return
+            return False
         self._sync()
         try:
             self.control.save()
@@ -146,6 +147,7 @@ class Operator:
         for target in gone:
             log.info("mute/maintenance of %s ended", target)
             self.publish_state(target, now)
+        return True
 
     def cleared(self, target: str) -> None:
         """An alert on ``target`` cleared: its acknowledgement goes with it."""

@@ -107,12 +107,17 @@ class Snapshots:
         self._wanted.set()
 
     def latest(self, wait_s: float = 0.0) -> dict[str, Any] | None:
-        """The newest snapshot; waits up to ``wait_s`` for a first one."""
+        """A snapshot at most ``every_s`` old, waiting up to ``wait_s`` for the worker to
+        build one (else the newest there is, or None)."""
+        asked = self.clock()
         self.want()
-        if self._latest is None and wait_s > 0:
-            with self._fresh:
-                self._fresh.wait_for(lambda: self._latest is not None, wait_s)
-        return self._latest
+        with self._fresh:
+            if wait_s > 0:
+                self._fresh.wait_for(
+                    lambda: self._latest is not None and self._built_at >= asked - self.every_s,
+                    wait_s,
+                )
+            return self._latest
 
     # -- worker thread ----------------------------------------------------------------------
 
