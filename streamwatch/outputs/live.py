@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,9 @@ def routes(
                 )
             return _json(start_response, "200 OK", {**snap, "commands": submit is not None})
         if path.startswith(CMD):
-            return _command(environ, start_response, unquote(path[len(CMD) :]), method, submit)
+            # PEP 3333: the server already %-decoded PATH_INFO, as latin-1; ids are UTF-8.
+            target = path[len(CMD) :].encode("latin-1").decode("utf-8", "replace")
+            return _command(environ, start_response, target, method, submit)
         return None
 
     return handle
