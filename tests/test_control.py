@@ -238,3 +238,29 @@ def test_snapshot_is_built_on_request_and_names_every_state() -> None:
     assert states == {"a": "armed", "w": "warming", "m": "muted"}
     a = next(s for s in snap["sensors"] if s["id"] == "a")
     assert a["history"] and a["threshold"] is not None
+
+
+def test_relearn_drops_a_fit_of_the_old_behaviour_still_running() -> None:
+    """A slow (GMM) fit started before the relearn must not arm the sensor afterwards."""
+    c = from_mapping({"detector": {"type": "gmm"}, "learning": {"warmup": 300}})
+    engine = Engine(
+        c, fresh_model(c), Metrics(CollectorRegistry()), lambda ev: None, background_fits=True
+    )
+    try:
+        t = T0
+        for v in normal(400):
+            engine.process([([Reading("a", t, float(v))], t)], now=t)
+            t += 1.0
+            if engine.windows.sensors["a"].state.phase == "fitting":
+                break
+        st = engine.windows.sensors["a"].state
+        assert st.phase == "fitting"
+        futures = [f for *_, f in engine.lifecycle._fits]
+        assert futures
+        engine.relearn("a", "relearn")
+        for future in futures:
+            future.result(60)  # the old fit finished: it must not be installed
+        engine.process([([Reading("a", t, 10.0)], t)], now=t)
+        assert st.phase == "warming" and not engine.detector.knows("a")
+    finally:
+        engine.close()

@@ -324,6 +324,7 @@ class SensorLifecycle:
         """Forget what was learned about ``sensor`` (its detector state, threshold and
         cadence): it warms up again on its next readings (an operator's ``relearn``)."""
         self.model.detector.forget(sensor)
+        self._fits = [f for f in self._fits if f[1] != sensor]  # a fit of the old behaviour
         self._learned.discard(sensor)
         self.model.thresholds.per_sensor.pop(sensor, None)
         self.version += 1
