@@ -187,12 +187,18 @@ class Daemon:
         """Start the HTTP endpoint, the worker and the broker connection."""
         m = self.cfg.metrics
         if m.enabled:
-            page = (
-                live.routes(self.snapshots.latest, self.command if self.cfg.mqtt.commands else None)
-                if m.live_page
-                else None
+            auth = m.basic_auth()
+            commands = self.cfg.mqtt.commands and live.commands_allowed(m.host, auth is not None)
+            if m.live_page and self.cfg.mqtt.commands and not commands:
+                log.warning(
+                    "the live page is read-only: it takes commands only behind basic auth "
+                    "(metrics.basic_auth_user) or on a loopback bind, and listens on %s",
+                    m.host,
+                )
+            page = live.routes(self.snapshots.latest, self.command if commands else None)
+            app = httpd.make_app(
+                self.registry, self.live, self.ready, auth, page if m.live_page else None
             )
-            app = httpd.make_app(self.registry, self.live, self.ready, m.basic_auth(), page)
             self.http = httpd.serve(app, m.host, m.port, m.tls_cert_file, m.tls_key_file)
         self._worker.start()
         self.link.start()

@@ -91,3 +91,13 @@ def test_without_commands_the_page_is_read_only() -> None:
     assert status == 403 and "off" in json.loads(body)["error"]
     assert json.loads(_call(app, "/api/state")[2])["commands"] is False
     assert sent == []
+
+
+def test_page_commands_need_basic_auth_unless_bound_to_loopback() -> None:
+    assert live.commands_allowed("127.0.0.1", basic_auth=False)
+    assert live.commands_allowed("::1", basic_auth=False)
+    assert live.commands_allowed("localhost", basic_auth=False)
+    assert not live.commands_allowed("0.0.0.0", basic_auth=False)
+    assert not live.commands_allowed("192.168.1.20", basic_auth=False)
+    assert not live.commands_allowed("plant-box.local", basic_auth=False)
+    assert live.commands_allowed("0.0.0.0", basic_auth=True)

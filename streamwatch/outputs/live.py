@@ -6,10 +6,13 @@ one over MQTT).
 A command must be sent as ``Content-Type: application/json``: a browser sends that
 cross-site only after a CORS preflight, which this server never answers, so another site
 cannot make an operator's browser post commands with its cached basic-auth credentials.
+Commands from the page are taken only behind basic auth or on a loopback bind
+(:func:`commands_allowed`); otherwise the page is read-only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -29,6 +32,17 @@ CMD = "/api/cmd/"
 
 Snapshot = Callable[[float], dict[str, Any] | None]
 Submit = Callable[[str, bytes], dict[str, object]]
+
+
+def commands_allowed(host: str, basic_auth: bool) -> bool:
+    """Whether the page may send commands: only behind basic auth, or on a loopback bind (an
+    open port on the network must not let anyone mute alerts)."""
+    if basic_auth:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _page_file(name: str) -> bytes:
