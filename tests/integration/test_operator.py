@@ -112,11 +112,14 @@ def normal(n: int, level: float = 10.0, seed: int = 1) -> np.ndarray:
 
 def test_a_muted_sensor_raises_nothing_until_the_mute_ends(plant: Plant) -> None:
     plant.readings("a", normal(300))
-    res = plant.command("a", {"action": "mute", "for_s": 3, "reason": "valve work"})
+    res = plant.command("a", {"action": "mute", "for_s": 5, "reason": "valve work"})
     assert res == {**res, "ok": True, "error": None, "action": "mute", "id": "a"}
+    until = plant.states("a")[-1]["muted_until"]
     assert plant.states("a")[-1]["muted"] is True
     plant.readings("a", np.full(20, 40.0))  # far out: would raise at once unmuted
     plant.barrier()
+    done = plant.out.json_on(f"{CMD}/_barrier{plant.barriers}/result")[-1]["ts"]
+    assert done < until, "the readings were not all taken within the mute: machine too slow"
     assert plant.alerts("a") == []
     assert wait_until(lambda: plant.page().get("a", {}).get("state") == "muted")
     # The mute ends on its own: the retained state says so.
