@@ -264,3 +264,46 @@ def test_relearn_drops_a_fit_of_the_old_behaviour_still_running() -> None:
         assert st.phase == "warming" and not engine.detector.knows("a")
     finally:
         engine.close()
+
+
+def test_a_command_message_is_acknowledged_after_it_is_applied_and_persisted(
+    tmp_path: Path,
+) -> None:
+    """The worker's turn (Daemon._process, no broker needed): the command's state is on disk
+    and its result in the outbox before any of the turn's messages is acknowledged, and the
+    readings around it are all taken."""
+    from streamwatch.daemon import Daemon
+
+    cfg = from_mapping(
+        {"state_dir": str(tmp_path), "metrics": {"enabled": False}, "learning": {"warmup": 300}}
+    )
+    daemon = Daemon(cfg, registry=CollectorRegistry())
+    order: list[str] = []
+    saved: list[bool] = []
+    daemon.link.ack = lambda tokens: order.append(f"ack {list(tokens)}")  # type: ignore[method-assign]
+    real_save = daemon.control.save
+
+    def save() -> None:
+        real_save()
+        saved.append(True)
+        order.append("saved")
+
+    daemon.control.save = save  # type: ignore[method-assign]
+    daemon.outbox.flush = lambda: order.append(f"flush {len(daemon.outbox)}")  # type: ignore[method-assign]
+    t = T0
+    items: list[Any] = [([Reading("a", t + i, 10.0)], t, (1, i + 1, 1)) for i in range(3)]
+    items.append((request("a", '{"action": "mute", "for_s": 60}', "mqtt"), t, (1, 4, 1)))
+    items.append(([Reading("a", t + 3, 10.0)], t, (1, 5, 1)))
+    try:
+        daemon._process(items)
+        # Persisted, then its retained state and result made durable, then all acknowledged.
+        assert order == [
+            "saved",
+            "flush 2",
+            "ack [(1, 1, 1), (1, 2, 1), (1, 3, 1), (1, 4, 1), (1, 5, 1)]",
+        ]
+        assert json.loads((tmp_path / "operator.json").read_text())["holds"]["a"]["until"] > 0
+        assert daemon.engine.windows.sensors["a"].state.series.readings == 4
+    finally:
+        daemon.engine.close()
+        daemon.outbox.close()
