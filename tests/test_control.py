@@ -87,6 +87,7 @@ def test_commands_validate_with_one_line_reasons() -> None:
         b'{"action": "mute", "for_s": -5}': "for_s: Input should be greater than 0",
         b'{"action": "mute", "for_s": 60, "colour": "red"}': "colour: Extra inputs",
         b'{"action": "ack"}': "alert_id: Field required",
+        b'{"action": "unmute", "x": "' + b"y" * 5000 + b'"}': "at most 4096 bytes",
     }
     for payload, why in bad.items():
         with pytest.raises(CommandError, match=why):

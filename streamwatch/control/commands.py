@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from streamwatch.ingest.parse import Reading
 
 MAX_ID = 256
+MAX_PAYLOAD = 4096
 MAX_FOR_S = 30 * 86400.0
 """The longest mute or maintenance one command may set (30 days)."""
 ACTIONS = ("ack", "mute", "unmute", "maintenance", "relearn")
@@ -80,6 +81,8 @@ def check_id(target: str) -> str:
 
 def parse_command(payload: bytes | str) -> Ack | Mute | Unmute | Maintenance | Relearn:
     """Decode and validate one command's JSON; CommandError with a one-line reason if bad."""
+    if len(payload) > MAX_PAYLOAD:
+        raise CommandError(f"a command is at most {MAX_PAYLOAD} bytes")
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
