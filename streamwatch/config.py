@@ -90,6 +90,10 @@ class MQTTConfig(_Strict):
     alert_prefix: str = Field("streamwatch/alerts", min_length=1)
     state_prefix: str = Field("streamwatch/state", min_length=1)
     status_topic: str = Field("streamwatch/status", min_length=1)
+    commands: bool = Field(
+        True, description="Take operator commands on <cmd_prefix>/<id> (and the live page's)."
+    )
+    cmd_prefix: str = Field("streamwatch/cmd", min_length=1)
     tls: TLSConfig = TLSConfig()
 
     @field_validator("broker")
@@ -406,6 +410,7 @@ class MetricsConfig(_Strict):
     basic_auth_password_env: str | None = Field(
         None, description="Env var holding the basic-auth password."
     )
+    live_page: bool = Field(True, description="Serve the live page at / and /api/state.")
     tls_cert_file: Path | None = Field(None, description="Serve HTTPS with this certificate.")
     tls_key_file: Path | None = Field(None, description="... and this key.")
 

@@ -27,14 +27,18 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch import durable, sdnotify, tfquiet
 from streamwatch.config import Config
+from streamwatch.control.commands import CommandRequest, request
+from streamwatch.control.service import Operator
+from streamwatch.control.snapshot import Snapshots
+from streamwatch.control.state import ControlState
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.logutil import RateLimited
-from streamwatch.outputs import httpd
+from streamwatch.outputs import httpd, live
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.outputs.outbox import Outbox
-from streamwatch.pipeline.alerts import RAISED, AlertEvent
+from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
 from streamwatch.pipeline.handoff import Handoff, Queued
 from streamwatch.training import on_plateau, train_in_place
@@ -124,6 +128,17 @@ class Daemon:
             background_fits=True,
             raised=self._load_alert_state(),
         )
+        self.control = ControlState(cfg.state_dir / "operator.json" if cfg.state_dir else None)
+        self.operator = Operator(
+            self.engine,
+            self.control,
+            self.metrics,
+            lambda topic, payload, retain: self.outbox.add(topic, payload, retain=retain),
+            cfg.mqtt.cmd_prefix,
+            cfg.mqtt.state_prefix,
+            after_relearn=self._save_learned,
+        )
+        self.snapshots = Snapshots(self.engine, self.control)
         self.metrics.gauges_fn = self._gauges
         self.http: WSGIServer | None = None
         self.heartbeat = time.time()
@@ -174,7 +189,18 @@ class Daemon:
         """Start the HTTP endpoint, the worker and the broker connection."""
         m = self.cfg.metrics
         if m.enabled:
-            app = httpd.make_app(self.registry, self.live, self.ready, m.basic_auth())
+            auth = m.basic_auth()
+            commands = self.cfg.mqtt.commands and live.commands_allowed(m.host, auth is not None)
+            if m.live_page and self.cfg.mqtt.commands and not commands:
+                log.warning(
+                    "the live page is read-only: it takes commands only behind basic auth "
+                    "(metrics.basic_auth_user) or on a loopback bind, and listens on %s",
+                    m.host,
+                )
+            page = live.routes(self.snapshots.latest, self.command if commands else None)
+            app = httpd.make_app(
+                self.registry, self.live, self.ready, auth, page if m.live_page else None
+            )
             self.http = httpd.serve(app, m.host, m.port, m.tls_cert_file, m.tls_key_file)
         self._worker.start()
         self.link.start()
@@ -204,6 +230,19 @@ class Daemon:
             self.http.shutdown()
             self.http.server_close()
         log.info("stopped")
+
+    def command(self, target: str, payload: bytes, timeout: float = 10.0) -> dict[str, object]:
+        """Apply an operator command from outside MQTT (the live page): validated like an MQTT
+        one, queued to the worker in order with the readings, answered once applied and
+        persisted (any thread)."""
+        req = request(target, payload, "http", wait=True)
+        if not self.link.accepting or self._stopped.is_set():
+            return {"ok": False, "error": "stopping", "action": req.action, "id": target}
+        self.handoff.put(req, time.time(), None)
+        assert req.done is not None
+        if not req.done.wait(timeout) or req.result is None:
+            return {"ok": False, "error": "timed out", "action": req.action, "id": target}
+        return req.result
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until subscribed (True) or ``timeout`` passes (False)."""
@@ -388,6 +427,9 @@ class Daemon:
                 if now >= next_watchdog:
                     sdnotify.watchdog()
                     next_watchdog = now + watchdog_every
+                if self.operator.tick(now):
+                    self.outbox.flush()
+                self.snapshots.tick(now)
                 if now >= next_sweep:
                     self.engine.evict_idle(now)
                     next_sweep = now + IDLE_SWEEP_S
@@ -403,7 +445,47 @@ class Daemon:
 
     def _process(self, items: list[Queued]) -> None:
         """Score one slice, make its alerts durable, then acknowledge its messages: a reading
-        is acknowledged only once it was scored and any alert it caused is in the outbox."""
+        is acknowledged only once it was scored and any alert it caused is in the outbox; an
+        operator command only once it was applied, persisted and answered, in its turn."""
+        run: list[Queued] = []
+        for item in items:
+            if item[0].__class__ is CommandRequest:
+                if run:
+                    self._score(run)
+                    run = []
+                self._command(item[0])
+            else:
+                run.append(item)
+        if run:
+            self._score(run)
+        on_disk = self.outbox.flush()
+        if (raised := self.engine.raised_changes()) is not None:
+            self._save_alert_state(raised)
+        self._held.extend(tok for *_, tok in items if tok is not None)
+        if on_disk:
+            self.link.ack(self._held)
+            self._held = []
+        else:
+            # The alerts are published but not on disk: hold the acknowledgements back (the
+            # broker stops sending once its in-flight window is full) until a flush succeeds.
+            self.metrics.outbox_write_errors.inc()
+            _limited.log(
+                logging.ERROR,
+                "outbox_hold",
+                "alert outbox not writable: holding back %d acknowledgements",
+                len(self._held),
+            )
+
+    def _command(self, req: CommandRequest) -> None:
+        try:
+            self.operator.apply(req, time.time())
+        except Exception:
+            log.exception("error applying command %s on %s", req.action, req.target)
+            req.result = {"ok": False, "error": "internal error", "action": req.action}
+            if req.done is not None:
+                req.done.set()
+
+    def _score(self, items: list[Queued]) -> None:
         try:
             if items:
                 self.engine.process(items)
@@ -418,27 +500,13 @@ class Daemon:
                 len(items),
                 exc_info=True,
             )
-        durable = self.outbox.flush()
-        if (raised := self.engine.raised_changes()) is not None:
-            self._save_alert_state(raised)
-        self._held.extend(tok for *_, tok in items if tok is not None)
-        if durable:
-            self.link.ack(self._held)
-            self._held = []
-        else:
-            # The alerts are published but not on disk: hold the acknowledgements back (the
-            # broker stops sending once its in-flight window is full) until a flush succeeds.
-            self.metrics.outbox_write_errors.inc()
-            _limited.log(
-                logging.ERROR,
-                "outbox_hold",
-                "alert outbox not writable: holding back %d acknowledgements",
-                len(self._held),
-            )
 
     def _publish_event(self, ev: AlertEvent) -> None:
         mq = self.cfg.mqtt
-        self.outbox.add(f"{mq.alert_prefix}/{ev.sensor}", ev.payload())
+        doc = self.operator.annotate(ev.sensor, ev.to_json())
+        self.outbox.add(
+            f"{mq.alert_prefix}/{ev.sensor}", json.dumps(doc, separators=(",", ":")).encode()
+        )
         state = {
             "state": ev.state,
             "alert_id": ev.alert_id,
@@ -446,7 +514,11 @@ class Daemon:
             "score": ev.score,
             "threshold": ev.threshold,
         }
+        self.operator.annotate(ev.sensor, state)
         self.outbox.add(f"{mq.state_prefix}/{ev.sensor}", json.dumps(state).encode(), retain=True)
+        self.snapshots.alert(doc)
+        if ev.state == CLEARED:
+            self.operator.cleared(ev.sensor)
         level = logging.WARNING if ev.state == RAISED else logging.INFO
         log.log(
             level,

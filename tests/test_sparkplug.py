@@ -457,7 +457,7 @@ def test_link_hands_off_acks_and_never_raises(garbage: list[bytes]) -> None:
     metrics = Metrics(CollectorRegistry())
     handoff = Handoff(10_000)
     link = MQTTLink(cfg.mqtt, cfg.payload, metrics, handoff.put, cfg.sparkplug)
-    assert link.topics == ["sensors/#", "spBv1.0/#"]
+    assert link.topics == ["sensors/#", "spBv1.0/#", "streamwatch/cmd/#"]
     client = _Client()
     link.client = client  # type: ignore[assignment]
     engine = Engine(cfg, bundle.fresh(cfg.detector, 1, 1e-3), metrics, lambda ev: None)

@@ -257,6 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"streamwatch demo: {args.sensors} simulated sensors at {args.rate:g} readings/s\n"
         f"  broker   {broker.url}   (try: mosquitto_sub -p {broker.port} -t 'streamwatch/#' -v)\n"
+        f"  live     http://127.0.0.1:{daemon.metrics_port}/   (sensors, scores, alerts, mute)\n"
         f"  metrics  http://127.0.0.1:{daemon.metrics_port}/metrics\n"
         f"  detector {_demo_plan(cfg, args.rate)}\n"
         f"  anomalies are injected from {warm_s:.0f} s on; alerts print here. Ctrl-C stops.",

@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
+from streamwatch.control.commands import CommandRequest, request
 from streamwatch.ingest.parse import Reading, Silence, parse
 from streamwatch.ingest.sparkplug import SparkplugDecoder, is_sparkplug
 from streamwatch.logutil import RateLimited
@@ -86,7 +87,11 @@ class MQTTLink:
         self.hand_off = hand_off
         spb = sparkplug or SparkplugConfig()
         self.topics = [*cfg.topics, spb.topic] if spb.enabled else list(cfg.topics)
-        """The filters subscribed to: ``mqtt.topics``, and Sparkplug B's when enabled."""
+        self._cmd = cfg.cmd_prefix + "/" if cfg.commands else None
+        if self._cmd is not None:
+            self.topics.append(cfg.cmd_prefix + "/#")
+        """The filters subscribed to: ``mqtt.topics``, Sparkplug B's when enabled, and the
+        operator commands' (``<cmd_prefix>/#``) when ``mqtt.commands`` is on."""
         self.sparkplug = SparkplugDecoder(payload, spb.rebirth_interval_s)
         """Sparkplug B host state (births, aliases, seq); network thread only."""
         self.connected = threading.Event()
@@ -359,7 +364,8 @@ class MQTTLink:
                         topic,
                         ", ".join(sorted(set(rejects))),
                     )
-                if readings or token is not None or readings.__class__ is Silence:
+                marker = readings.__class__ is Silence or readings.__class__ is CommandRequest
+                if readings or token is not None or marker:
                     # A QoS 1 message with nothing to score goes through the queue too, so
                     # that acknowledgements leave in the order the messages came (MQTT 4.6).
                     shed = self.hand_off(readings, now, token)
@@ -393,7 +399,13 @@ class MQTTLink:
     def _decode(
         self, topic: str, payload: bytes, now: float
     ) -> tuple[Sequence[Reading], list[str]]:
-        """A message's readings (or a :class:`Silence` marker) and rejection reasons."""
+        """A message's readings (or a :class:`Silence` or command marker) and rejection
+        reasons."""
+        if self._cmd is not None and topic.startswith(self._cmd):
+            target = topic[len(self._cmd) :]
+            if target.endswith("/result"):  # our own answers: never a command
+                return (), []
+            return request(target, payload, "mqtt"), []
         if not is_sparkplug(topic):
             out = parse(topic, payload, now, self.payload)
             return out.readings, out.rejects

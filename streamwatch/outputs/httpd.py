@@ -1,4 +1,5 @@
-"""The HTTP endpoint: /metrics (prometheus-client's exposition), /healthz and /readyz.
+"""The HTTP endpoint: /metrics (prometheus-client's exposition), /healthz and /readyz, and the
+live page (:mod:`streamwatch.outputs.live`) when it is on.
 
 ``/healthz`` answers 200 while the worker loop turns (liveness); ``/readyz`` answers 200 only
 when the broker connection is up and a model is loaded, else 503 with the reason.
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[], str | None]
 """Returns None when fine, else the reason it is not."""
+Routes = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes] | None]
+"""Extra routes: a response, or None when the path is not theirs."""
 
 
 class _Quiet(WSGIRequestHandler):
@@ -49,8 +52,10 @@ def make_app(
     live: Check,
     ready: Check,
     basic_auth: tuple[str, str] | None = None,
+    routes: Routes | None = None,
 ) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app serving /metrics, /healthz and /readyz (optionally behind basic auth)."""
+    """A WSGI app serving /metrics, /healthz and /readyz, and ``routes`` (the live page),
+    all behind basic auth when it is set."""
     metrics_app = make_wsgi_app(registry)
     expected: bytes | None = None
     if basic_auth is not None:
@@ -73,6 +78,8 @@ def make_app(
             status = "200 OK" if reason is None else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [(reason or "ok").encode() + b"\n"]
+        if routes is not None and (body := routes(environ, start_response)) is not None:
+            return body
         return metrics_app(environ, start_response)
 
     return app

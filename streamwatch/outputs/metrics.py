@@ -128,6 +128,12 @@ class Metrics:
             "Sensors evicted (idle or over the cap)",
             registry=registry,
         )
+        self.commands = Counter(
+            "streamwatch_commands",
+            "Operator commands (MQTT or the live page), by action and result (ok or error)",
+            ["action", "result"],
+            registry=registry,
+        )
         self.window_restarts = Counter(
             "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
         )

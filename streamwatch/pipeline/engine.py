@@ -29,7 +29,7 @@ from streamwatch.ingest.parse import Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
 from streamwatch.pipeline.handoff import Item, Queued
-from streamwatch.pipeline.lifecycle import SensorLifecycle, SensorState
+from streamwatch.pipeline.lifecycle import SCORED, SensorLifecycle, SensorState
 from streamwatch.pipeline.windows import Windows
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,14 @@ class Engine:
         self._raised_changed = False
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
+        # Operator hooks (:mod:`streamwatch.control`), set by the daemon on this thread:
+        self.muted: set[str] = set()
+        """Ids that raise no alert now (an alert already raised may still clear)."""
+        self.maintenance: set[str] = set()
+        """Ids whose readings are scored but kept out of learning and calibration."""
+        self.on_scores: Callable[[list[str], list[float], np.ndarray, np.ndarray], None] | None
+        self.on_scores = None
+        """Called once per scored batch with (sensors, window ends, scores, thresholds)."""
 
     @property
     def model(self) -> Model:
@@ -141,6 +149,7 @@ class Engine:
         arrivals: list[float] = []
         gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
+        maint = self.maintenance
         for item in items:
             readings, arrived = item[0], item[1]
             if readings.__class__ is Silence:
@@ -159,7 +168,11 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
-                if life.observe(r.sensor, st, r.value, dt) and due:
+                if maint and r.sensor in maint:
+                    scored = st.phase == SCORED  # maintenance: scored, learned from never
+                else:
+                    scored = life.observe(r.sensor, st, r.value, dt)
+                if scored and due:
                     sensors.append(r.sensor)
                     states.append(st)
                     arrivals.append(arrived)
@@ -205,6 +218,11 @@ class Engine:
             )
         thr = np.fromiter((st.threshold for st in states), dtype=np.float64, count=len(states))
         verdicts = (scores > thr) | gaps
+        muted, maint = self.muted, self.maintenance
+        if muted:  # no new raise while muted; a raised alert may still clear
+            for i, s in enumerate(sensors):
+                if s in muted and not states[i].alert.raised:
+                    verdicts[i] = False
         events: list[AlertEvent] = []
         raised_rows: list[tuple[int, int]] = []  # (event index, row index)
         life = self.lifecycle
@@ -214,7 +232,8 @@ class Engine:
             series.score = float(scores[i])
             alert = st.alert
             change = alert.update(bool(verdicts[i]), ends[i])
-            if learn:  # auto-training learns only from readings judged normal, outside alerts
+            if learn and not (maint and sensors[i] in maint):
+                # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
             if change is None:
                 continue
@@ -247,6 +266,8 @@ class Engine:
         if raised_rows:
             self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
         self.metrics.windows_scored.inc(len(sensors))
+        if self.on_scores is not None:
+            self.on_scores(sensors, ends, scores, thr)
         done = time.time()
         self.metrics.latency.observe(done - arrivals)
         self.metrics.margin.observe(scores - thr)
@@ -339,6 +360,42 @@ class Engine:
             reason="evicted",
         )
         self.sink(ev)
+
+    def relearn(self, sensor: str, reason: str) -> AlertEvent | None:
+        """Accept ``sensor``'s current behaviour as normal: forget what was learned about it
+        (it warms up again on its next readings) and clear its raised alert with ``reason``
+        (the event is also sent to the sink). KeyError if the sensor is not tracked."""
+        sw = self.windows.sensors[sensor]
+        st: SensorState | None = sw.state
+        if st is None:
+            raise KeyError(sensor)
+        ev = None
+        alert_id = st.alert.alert_id
+        if alert_id is not None:
+            st.alert.restore(None)
+            st.alert.history = 0
+            self.raised.pop(sensor, None)
+            self._raised_changed = True
+            st.series.cleared += 1
+            st.series.active = 0
+            ts = st.series.last_ts
+            ev = AlertEvent(
+                sensor,
+                CLEARED,
+                ts,
+                st.series.score,
+                st.threshold or math.nan,
+                self.detector.name,
+                ts,
+                ts,
+                alert_id,
+                reason=reason,
+            )
+        self.lifecycle.relearn(sensor, st)
+        sw.restart()
+        if ev is not None:
+            self.sink(ev)
+        return ev
 
     def _silence(self, marker: Silence) -> None:
         """Sensors that went silent (a Sparkplug death): their partial windows restart, so

@@ -320,6 +320,17 @@ class SensorLifecycle:
             if self._collect is not None:
                 self._collect.pop(sensor, None)
 
+    def relearn(self, sensor: str, st: SensorState) -> None:
+        """Forget what was learned about ``sensor`` (its detector state, threshold and
+        cadence): it warms up again on its next readings (an operator's ``relearn``)."""
+        self.model.detector.forget(sensor)
+        self._fits = [f for f in self._fits if f[1] != sensor]  # a fit of the old behaviour
+        self._learned.discard(sensor)
+        self.model.thresholds.per_sensor.pop(sensor, None)
+        self.version += 1
+        self.mark_warming(st)
+        st.intervals, st.max_dt, st.gap_limit = 0, 0.0, math.inf
+
     def close(self) -> None:
         """Stop the background fitter (pending fits are dropped)."""
         if self._pool is not None:
