@@ -16,7 +16,13 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig, RobustConfig
+from streamwatch.config import (
+    GaussianConfig,
+    GMMConfig,
+    LSTMVAEConfig,
+    MahalanobisConfig,
+    RobustConfig,
+)
 from streamwatch.detectors import base, bundle, lstm_vae_train
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
 from streamwatch.detectors.bundle import Model
@@ -33,6 +39,7 @@ CONFIGS: dict[str, Any] = {
     "lstm-vae": LSTMVAEConfig(
         hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),
+    "mahalanobis": MahalanobisConfig(),
 }
 
 

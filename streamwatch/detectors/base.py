@@ -27,6 +27,7 @@ _IMPLEMENTATIONS: dict[str, str] = {
     "gmm": "streamwatch.detectors.gmm:GMMDetector",
     "robust": "streamwatch.detectors.robust:RobustDetector",
     "lstm-vae": "streamwatch.detectors.lstm_vae:LSTMVAEDetector",
+    "mahalanobis": "streamwatch.detectors.mahalanobis:MahalanobisDetector",
 }
 
 
