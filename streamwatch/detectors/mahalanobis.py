@@ -69,7 +69,7 @@ class MahalanobisDetector(Detector):
         """Learn one group's (or sensor's) normal means, scales and covariances from its
         aligned normal steps, (N,) or (N, members); ValueError if too few."""
         v = standardised_rows(values)
-        n, m = v.shape
+        n = v.shape[0]
         if n < self.window + 10:
             raise ValueError(f"{sensor!r}: need at least {self.window + 10} steps to fit, got {n}")
         finite = np.isfinite(v)

@@ -21,7 +21,6 @@ no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -157,10 +156,7 @@ class Aligner:
         stamps: dict[str, list[float]] = {}
         for m, t, _ in buf:
             stamps.setdefault(m, []).append(t)
-        if self.members is not None:
-            cadence = self.period_s
-        else:
-            cadence = infer_period(stamps)
+        cadence = self.period_s if self.members is not None else infer_period(stamps)
         if len(buf) < DISCOVERY_READINGS:
             if cadence is None:
                 return []
