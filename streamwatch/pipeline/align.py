@@ -107,8 +107,12 @@ class Aligner:
             return []
         steps: list[Step] = []
         if math.isnan(self._next):
-            self._next = ts
-        elif ts > self._next:
+            if ts >= self._seen[i]:
+                self._value[i], self._seen[i] = value, ts
+            if np.isfinite(self._seen).all():  # the grid starts once every member reported
+                self._next = ts
+            return steps
+        if ts > self._next:
             steps = self._emit_until(ts)
         elif ts < self._next - (self.period_s or 0.0):
             self.late += 1
@@ -156,7 +160,7 @@ class Aligner:
         stamps: dict[str, list[float]] = {}
         for m, t, _ in buf:
             stamps.setdefault(m, []).append(t)
-        cadence = self.period_s if self.members is not None else infer_period(stamps)
+        cadence = self.period_s or infer_period(stamps)
         if len(buf) < DISCOVERY_READINGS:
             if cadence is None:
                 return []
