@@ -127,6 +127,12 @@ class Metrics:
         self.window_restarts = Counter(
             "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
         )
+        self.group_missing_steps = Counter(
+            "streamwatch_group_missing_steps",
+            "Group grid steps with a member silent past groups.max_age_s (imputed or "
+            "restarted, per groups.missing)",
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             "streamwatch_mqtt_connected", "1 when connected to the broker", registry=registry
         )

@@ -56,6 +56,8 @@ class Aligner:
     period_s: float | None = None
     max_age_s: float | None = None
     policy: MissingPolicy = "impute"
+    max_members: int = 64
+    """Members past this many (while learning them) are counted as unknown and ignored."""
     discover_periods: float = 4.0
     """Inference lasts until the buffered readings span this many of the slowest cadence."""
     missing_steps: int = 0
@@ -71,6 +73,7 @@ class Aligner:
     _latest: float = -math.inf
     _buffer: list[tuple[str, float, float]] = field(default_factory=list)
     _restart_next: bool = False
+    _names: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.members is not None:
@@ -156,6 +159,11 @@ class Aligner:
 
     def _discover(self, member: str, ts: float, value: float) -> list[Step]:
         buf = self._buffer
+        if self.members is None and member not in self._names:
+            if len(self._names) >= self.max_members:
+                self.unknown += 1
+                return []
+            self._names.add(member)
         buf.append((member, ts, value))
         stamps: dict[str, list[float]] = {}
         for m, t, _ in buf:

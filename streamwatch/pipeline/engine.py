@@ -27,6 +27,7 @@ from streamwatch.detectors.base import Detector
 from streamwatch.detectors.bundle import Model
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.group_path import GroupPath, load_group_model
 from streamwatch.pipeline.handoff import Item, Queued
 from streamwatch.pipeline.lifecycle import SensorLifecycle, SensorState
 from streamwatch.pipeline.windows import Windows
@@ -49,6 +50,7 @@ class Engine:
         on_training_data: Callable[[dict[str, np.ndarray]], None] | None = None,
         background_fits: bool = False,
         raised: dict[str, str] | None = None,
+        group_model: Model | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
@@ -60,6 +62,20 @@ class Engine:
         self._raised_changed = False
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
+        self.groups: GroupPath | None = None
+        """The path for sensors that ``[groups]`` patterns put in groups (None without)."""
+        if cfg.groups.patterns:
+            self.groups = GroupPath(
+                cfg,
+                group_model if group_model is not None else load_group_model(cfg),
+                metrics,
+                sink,
+                self.raised,
+                self._mark_raised_changed,
+            )
+
+    def _mark_raised_changed(self) -> None:
+        self._raised_changed = True
 
     @property
     def model(self) -> Model:
@@ -140,9 +156,15 @@ class Engine:
         arrivals: list[float] = []
         gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
+        groups = self.groups
+        alone = groups is None or self.cfg.groups.score_members_alone
         for item in items:
             readings, arrived = item[0], item[1]
             for r in readings:
+                if groups is not None and (g := groups.grouper.match(r.sensor)) is not None:
+                    groups.add(g[0], g[1], r.ts, r.value)
+                    if not alone:
+                        continue
                 sw = windows.get(r.sensor, now)
                 st: SensorState | None = sw.state
                 if st is None:
@@ -176,6 +198,8 @@ class Engine:
             events = self._score(
                 det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
             )
+        if groups is not None:
+            events += groups.flush()
         # Only now: a sensor evicted by later readings of this batch still has its due window
         # scored with the state it had (issue 12, item 1: it raised KeyError, losing the batch).
         self._evicted()
