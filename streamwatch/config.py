@@ -322,6 +322,9 @@ class MahalanobisConfig(_DetectorBase):
     span: int = Field(
         10, ge=1, le=4096, description="Trailing steps averaged per member (<= window length)."
     )
+    point: bool = Field(
+        True, description="Also score each window's last step alone (the point part)."
+    )
     ridge: float = Field(
         0.01,
         ge=0,

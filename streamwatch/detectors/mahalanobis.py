@@ -61,6 +61,7 @@ class MahalanobisDetector(Detector):
         assert isinstance(config, MahalanobisConfig)
         self.span = min(config.span, self.window)
         self.ridge = config.ridge
+        self.use_point = config.point
         self.groups: dict[str, dict[str, np.ndarray]] = {}
 
     # -- model ----------------------------------------------------------------------------
@@ -139,7 +140,10 @@ class MahalanobisDetector(Detector):
             prec = self._stacked(sensors, f"{part}_precision")
             top = self._stacked(sensors, f"{part}_top")[:, 0]
             cols.append(_batched_distance(dev[part], prec) / top)
-        return np.stack(cols, axis=1)
+        out = np.stack(cols, axis=1)
+        if not self.use_point:
+            out[:, 0] = 0.0  # the point part left out: the level part decides
+        return out
 
     def score(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         """The larger of the two ratios per row (B,)."""
