@@ -39,7 +39,7 @@ CONFIGS: dict[str, Any] = {
     "lstm-vae": LSTMVAEConfig(
         hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),
-    "mahalanobis": MahalanobisConfig(),
+    "mahalanobis": MahalanobisConfig(span=10, point=True),
 }
 
 

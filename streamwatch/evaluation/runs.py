@@ -141,7 +141,7 @@ def run_groups(cfg: Any, ds: Dataset) -> Run:
         learning = cfg.learning.model_copy(update={"warmup": max(10, warmup)})
         c = cfg.model_copy(update={"learning": learning})
         model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
-        group_model = bundle.fresh(g.detector, g.window, c.threshold.false_alarm_rate)
+        group_model = bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
         transitions = replay(
             c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors}, group_model=group_model
         )

@@ -77,7 +77,7 @@ def load_group_model(cfg: Config) -> Model:
             return bundle.load(path, expect=g.detector)
         except ModelError:
             raise
-    return bundle.fresh(g.detector, g.window, cfg.threshold.false_alarm_rate)
+    return bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
 
 
 class GroupPath:
@@ -185,7 +185,7 @@ class GroupPath:
         try:
             det.adapt(group, steps)
             scores = det.score_series(group, steps)
-            thr = sensor_threshold(scores, self.cfg.threshold, det.score_kind)
+            thr = sensor_threshold(scores, self.cfg.groups.threshold, det.score_kind)
         except (ValueError, CalibrationError) as exc:
             log.warning("group %s: cannot learn from %d steps: %s", group, len(steps), exc)
             gs.warm = gs.warm[len(gs.warm) // 2 :]  # keep learning from the newer half
