@@ -41,10 +41,41 @@ def _handle(args: argparse.Namespace) -> int:
         data = dataset.read_csv(args.data)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if cfg.groups.patterns:
+        return _train_groups(cfg, data, cfg.model_dir, str(args.data))
     try:
         model = train(cfg, data, cfg.model_dir, source=str(args.data))
     except TrainError as exc:
         raise UsageError(str(exc)) from None
+    return _summary(model, cfg.model_dir)
+
+
+def _train_groups(cfg: Any, data: Any, model_dir: Path, source: str) -> int:
+    """``train`` with ``[groups]``: single sensors into model_dir, groups beside it."""
+    from streamwatch.group_training import train_with_groups
+    from streamwatch.training import TrainError
+
+    try:
+        single, groups = train_with_groups(cfg, data, model_dir, source)
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+    if single is not None:
+        _summary(single, model_dir)
+    if groups is not None:
+        on = groups.trained_on
+        skipped = on.get("skipped_sensors") or {}
+        if skipped:
+            print(f"skipped {len(skipped)} groups with too few steps: {', '.join(sorted(skipped))}")
+        print(
+            f"trained {groups.name} on {len(on.get('groups', {}))} groups "
+            f"({on['readings']} aligned steps); {len(groups.thresholds.per_sensor)} group "
+            f"thresholds; saved to {cfg.groups.bundle_dir(model_dir)}"
+        )
+    return EXIT_OK
+
+
+def _summary(model: Any, model_dir: Path) -> int:
+    """Print what a single-sensor model was trained on, and any plateau warning."""
     t, on = model.thresholds, model.trained_on
     skipped = on.get("skipped_sensors") or {}
     if skipped:
@@ -52,7 +83,7 @@ def _handle(args: argparse.Namespace) -> int:
     print(
         f"trained {model.name} on {on['readings']} readings from "
         f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
-        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
+        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {model_dir}"
     )
     training = on.get("training")
     if isinstance(training, dict) and training.get("plateau"):

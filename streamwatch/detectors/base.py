@@ -52,6 +52,8 @@ class Detector(ABC):
     """Whether :meth:`fit` trains weights shared by sensors (then training holds data out to
     calibrate on); per-sensor detectors learn and calibrate on the same readings, exactly as
     a warm-up does."""
+    uses_tensorflow: ClassVar[bool] = False
+    """Whether the detector runs on TensorFlow (its bundle then records TF's versions)."""
     slow_adapt: ClassVar[bool] = False
     """Whether :meth:`adapt` takes long enough (seconds) that the daemon runs it off the
     worker thread, through :meth:`adapted_state` and :meth:`install_state`."""

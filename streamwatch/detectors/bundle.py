@@ -133,7 +133,7 @@ def _write(model: Model, path: Path) -> None:
         "hyper_hash": hyper_hash(det.config, det.window),
         "trained_on": model.trained_on,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": library_versions(det.kind == "window"),
+        "versions": library_versions(det.uses_tensorflow),
         "files": {n: _sha256(path / n) for n in names},
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")

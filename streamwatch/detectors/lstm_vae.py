@@ -84,6 +84,7 @@ class LSTMVAEDetector(Detector):
     name = "lstm-vae"
     kind = "window"
     shared_weights = True
+    uses_tensorflow = True
 
     def __init__(self, config: LSTMVAEConfig, window: int) -> None:
         super().__init__(config, window)

@@ -15,8 +15,10 @@ stays within its own range. Each part is divided by its largest value on the nor
 the score is the larger ratio (``score_kind = "ratio"``, as the robust detector's): the
 calibration policy then puts the threshold at ``threshold.margin`` times the normal largest.
 
-:meth:`member_shares` says how much each member contributes to a row's score: the terms
-``d_j (C^-1 d)_j`` of the larger part's squared distance, as shares that sum to 1.
+:meth:`member_shares` says how much each member contributes to a row's score: how far each
+member is from what the other members predict for it (its conditional residual, ``(P d)_j /
+sqrt(P_jj)`` with ``P`` the precision matrix), squared, as shares that sum to 1. So in a
+coupling break the member that left the relation comes first, not its partners.
 """
 
 from __future__ import annotations
@@ -165,7 +167,10 @@ class MahalanobisDetector(Detector):
             prec = self._stacked(
                 [s for s, r in zip(sensors, rows, strict=True) if r], part + "_precision"
             )
-            terms = np.abs(d * np.einsum("bij,bj->bi", prec, d))
+            # Member j's residual given the others: (P d)_j / sqrt(P_jj), squared.
+            pd = np.einsum("bij,bj->bi", prec, d)
+            diag = np.diagonal(prec, axis1=1, axis2=2)
+            terms = pd * pd / diag
             out[rows] = terms / np.maximum(terms.sum(axis=1, keepdims=True), 1e-300)
         return out
 
