@@ -334,11 +334,24 @@ class MahalanobisConfig(_DetectorBase):
     )
 
 
+class RVAEConfig(LSTMVAEConfig):
+    """Recurrent (LSTM) VAE over a group's windows of time x members, each member standardised
+    per group; ``shared``: one network per member count, shared by the groups that have it
+    (else one per group). The LSTM-VAE's options, plus which score."""
+
+    type: Literal["rvae"] = "rvae"  # type: ignore[assignment]
+    score: Literal["elbo", "reconstruction", "latent"] = Field(
+        "elbo",
+        description="elbo: reconstruction NLL + KL; reconstruction: the NLL alone; latent: "
+        "the KL alone (how far the encoder must move from the prior).",
+    )
+
+
 DetectorConfig = Annotated[
-    GaussianConfig | GMMConfig | RobustConfig | LSTMVAEConfig | MahalanobisConfig,
+    GaussianConfig | GMMConfig | RobustConfig | LSTMVAEConfig | MahalanobisConfig | RVAEConfig,
     Field(discriminator="type"),
 ]
-GroupDetectorConfig = Annotated[MahalanobisConfig, Field(discriminator="type")]
+GroupDetectorConfig = Annotated[MahalanobisConfig | RVAEConfig, Field(discriminator="type")]
 
 
 class GroupsConfig(_Strict):
@@ -499,7 +512,7 @@ class Config(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-_DETECTOR_TAGS = ("gaussian", "gmm", "robust", "lstm-vae", "mahalanobis")
+_DETECTOR_TAGS = ("gaussian", "gmm", "robust", "lstm-vae", "mahalanobis", "rvae")
 
 
 def _format_errors(exc: ValidationError, source: str) -> list[str]:

@@ -22,6 +22,7 @@ from streamwatch.config import (
     LSTMVAEConfig,
     MahalanobisConfig,
     RobustConfig,
+    RVAEConfig,
 )
 from streamwatch.detectors import base, bundle, lstm_vae_train
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
@@ -40,6 +41,9 @@ CONFIGS: dict[str, Any] = {
         hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),
     "mahalanobis": MahalanobisConfig(span=10, point=True),
+    "rvae": RVAEConfig(
+        hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
+    ),
 }
 
 

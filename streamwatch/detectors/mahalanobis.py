@@ -174,15 +174,6 @@ class MahalanobisDetector(Detector):
             out[rows] = terms / np.maximum(terms.sum(axis=1, keepdims=True), 1e-300)
         return out
 
-    def windows_of(self, values: np.ndarray) -> np.ndarray:
-        """All windows (stride 1) of a series, (N,) or (N, members) steps."""
-        v = np.asarray(values, dtype=np.float64)
-        if v.ndim == 1:
-            return super().windows_of(v)
-        if v.shape[0] < self.window:
-            return np.empty((0, self.window, v.shape[1]))
-        return np.lib.stride_tricks.sliding_window_view(v, self.window, axis=0).transpose(0, 2, 1)
-
     # -- persistence ----------------------------------------------------------------------
 
     def _sensor_state(self) -> dict[str, Any]:
