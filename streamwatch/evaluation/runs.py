@@ -137,11 +137,19 @@ def run_groups(cfg: Any, ds: Dataset) -> Run:
     for s in ds.sensors:
         by_warmup.setdefault(ds.n_train[s], []).append(s)
     run = Run(f"{OURS}:groups:{g.detector.type}", {}, {}, {}, 0.0, protocol="groups")
+    trained = None
+    if bundle.fresh(g.detector, g.window, 0.01).detector.shared_weights:
+        # Shared weights (rvae): trained first, as `streamwatch train` would, on every
+        # group's training rows plus the extra normal series (SKAB's anomaly-free run).
+        from streamwatch.group_training import fit_groups, split_groups
+
+        train_groups, _ = split_groups(cfg, training_series(ds))
+        trained = fit_groups(cfg, train_groups, f"{ds.name} training rows")
     for warmup, sensors in sorted(by_warmup.items()):
         learning = cfg.learning.model_copy(update={"warmup": max(10, warmup)})
         c = cfg.model_copy(update={"learning": learning})
         model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
-        group_model = bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
+        group_model = trained or bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
         transitions = replay(
             c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors}, group_model=group_model
         )

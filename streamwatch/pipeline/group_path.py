@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from streamwatch.config import Config
+from streamwatch.config import Config, MahalanobisConfig
 from streamwatch.detectors import bundle
-from streamwatch.detectors.base import ModelError
+from streamwatch.detectors.base import NotTrained
 from streamwatch.detectors.bundle import Model
 from streamwatch.outputs.metrics import Metrics, SensorSeries
 from streamwatch.pipeline.alerts import RAISED, AlertEvent, AlertState
@@ -73,11 +73,16 @@ def load_group_model(cfg: Config) -> Model:
     g = cfg.groups
     path: Path | None = g.bundle_dir(cfg.model_dir)
     if path is not None and path.exists():
-        try:
-            return bundle.load(path, expect=g.detector)
-        except ModelError:
-            raise
-    return bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
+        return bundle.load(path, expect=g.detector)
+    model = bundle.fresh(g.detector, g.window, g.threshold.false_alarm_rate)
+    if model.detector.shared_weights:
+        log.warning(
+            "no trained %s group model (train one with `streamwatch train` and [groups]); "
+            "each group warms up with the mahalanobis detector meanwhile",
+            g.detector.type,
+        )
+        model = bundle.fresh(MahalanobisConfig(), g.window, g.threshold.false_alarm_rate)
+    return model
 
 
 class GroupPath:
@@ -186,7 +191,7 @@ class GroupPath:
             det.adapt(group, steps)
             scores = det.score_series(group, steps)
             thr = sensor_threshold(scores, self.cfg.groups.threshold, det.score_kind)
-        except (ValueError, CalibrationError) as exc:
+        except (ValueError, CalibrationError, NotTrained) as exc:
             log.warning("group %s: cannot learn from %d steps: %s", group, len(steps), exc)
             gs.warm = gs.warm[len(gs.warm) // 2 :]  # keep learning from the newer half
             return
