@@ -187,3 +187,22 @@ def test_train_with_every_sensor_grouped_leaves_a_loadable_model_dir(tmp_path: P
         "p1/flow",
         "p1/pressure",
     ]
+
+
+def test_idle_group_is_evicted_and_its_raised_alert_cleared() -> None:
+    events: list[AlertEvent] = []
+    metrics = Metrics(CollectorRegistry())
+    eng = Engine(cfg(), fresh_model(cfg()), metrics, events.append)
+    rows = [r for r in readings(pump()) if r.ts < T0 + BREAK.start + 20]  # stops mid-break
+    for i in range(0, len(rows), 100):
+        chunk = rows[i : i + 100]
+        eng.process([(chunk, chunk[-1].ts)], now=1000.0)
+    assert [e.state for e in events] == ["raised"]
+    assert eng.raised == {"plant/p1": events[0].alert_id}
+    eng.evict_idle(1000.0 + eng.cfg.windows.idle_evict_s + 1)
+    assert [e.state for e in events] == ["raised", "cleared"]
+    cleared = json.loads(events[1].payload())
+    assert cleared["reason"] == "evicted" and cleared["group"] == "plant/p1"
+    assert cleared["alert_id"] == events[0].alert_id
+    assert eng.raised == {}
+    assert eng.groups is not None and not eng.groups.groups and eng.groups.evicted == 1

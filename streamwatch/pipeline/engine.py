@@ -162,7 +162,7 @@ class Engine:
             readings, arrived = item[0], item[1]
             for r in readings:
                 if groups is not None and (g := groups.grouper.match(r.sensor)) is not None:
-                    groups.add(g[0], g[1], r.ts, r.value)
+                    groups.add(g[0], g[1], r.ts, r.value, now)
                     if not alone:
                         continue
                 sw = windows.get(r.sensor, now)
@@ -361,9 +361,11 @@ class Engine:
         self.sink(ev)
 
     def evict_idle(self, now: float) -> None:
-        """Drop sensors idle longer than ``windows.idle_evict_s``."""
+        """Drop sensors (and groups) idle longer than ``windows.idle_evict_s``."""
         self.windows.evict_idle(now)
         self._evicted()
+        if self.groups is not None:
+            self.groups.evict_idle(now, self.cfg.windows.idle_evict_s)
 
     def close(self) -> None:
         """Stop the background fitter (pending fits are dropped)."""

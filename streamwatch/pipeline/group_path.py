@@ -13,6 +13,7 @@ members, ranked by their share of the score, with their values.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from streamwatch.detectors import bundle
 from streamwatch.detectors.base import NotTrained
 from streamwatch.detectors.bundle import Model
 from streamwatch.outputs.metrics import Metrics, SensorSeries
-from streamwatch.pipeline.alerts import RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
 from streamwatch.pipeline.align import Aligner, Step
 from streamwatch.pipeline.groups import Grouper
 from streamwatch.pipeline.threshold import CalibrationError, sensor_threshold
@@ -65,6 +66,8 @@ class GroupState:
     stamps: list[float] = field(default_factory=list)
     warm: list[np.ndarray] = field(default_factory=list)
     """Warm-up steps (empty once scored)."""
+    last_seen: float = 0.0
+    """Wall-clock time of the group's last reading (for idle eviction)."""
 
 
 def load_group_model(cfg: Config) -> Model:
@@ -114,13 +117,15 @@ class GroupPath:
 
     # -- readings in ----------------------------------------------------------------------
 
-    def add(self, group: str, member: str, ts: float, value: float) -> None:
-        """Take one member's reading; any grid steps it completes are queued for scoring."""
+    def add(self, group: str, member: str, ts: float, value: float, now: float) -> None:
+        """Take one member's reading (arrived at ``now``); any grid steps it completes are
+        queued for scoring."""
         gs = self.groups.get(group)
         if gs is None:
             gs = self._new(group)
         else:
             self.groups.move_to_end(group)
+        gs.last_seen = now
         al = gs.aligner
         missing = al.missing_steps
         steps = al.add(member, ts, value)
@@ -136,10 +141,8 @@ class GroupPath:
         g = self.cfg.groups
         while len(self.groups) >= g.max_groups:
             old, st = self.groups.popitem(last=False)
-            self.evicted += 1
-            self.metrics.release(old)
             log.info("group %s evicted (over groups.max_groups)", old)
-            del st
+            self._evict(old, st)
         known = self.model.trained_on.get("groups", {}).get(group)
         members = list(known["members"]) if known and self.model.detector.knows(group) else None
         period = g.period_s or (float(known["period_s"]) if members and known else None)
@@ -158,6 +161,43 @@ class GroupPath:
             self._mark_scored(gs, thr)
         self.groups[group] = gs
         return gs
+
+    def evict_idle(self, now: float, idle_s: float) -> None:
+        """Drop groups whose last reading arrived more than ``idle_s`` before ``now``."""
+        while self.groups:
+            group, gs = next(iter(self.groups.items()))  # least recently seen first
+            if now - gs.last_seen <= idle_s:
+                break
+            del self.groups[group]
+            log.info("group %s evicted (idle %.0fs)", group, now - gs.last_seen)
+            self._evict(group, gs)
+
+    def _evict(self, group: str, gs: GroupState) -> None:
+        """Forget a group; a raised alert is cleared (``reason: evicted``), not left raised
+        on its retained topic and in the state file."""
+        self.evicted += 1
+        self.metrics.evicted.inc()
+        alert_id = gs.alert.alert_id
+        if alert_id is not None:
+            self.raised.pop(group, None)
+            self._changed()
+            ts = gs.series.last_ts
+            ev = GroupAlertEvent(
+                group,
+                CLEARED,
+                ts,
+                math.nan,
+                gs.threshold if gs.threshold is not None else math.nan,
+                self.model.detector.name,
+                ts,
+                ts,
+                alert_id,
+                reason="evicted",
+                group=group,
+                sensors=[],
+            )
+            self.sink(ev)
+        self.metrics.release(group)
 
     def _mark_scored(self, gs: GroupState, thr: float) -> None:
         gs.threshold = thr
