@@ -95,3 +95,52 @@ def test_bundle_round_trip(fitted: tuple[base.Detector, float], tmp_path: Path) 
     w = det.windows_of(x)
     one = np.concatenate([det.score(["plant/a"], w[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(one, det.score(["plant/a"] * 5, w[:5]), rtol=1e-5)
+
+
+def test_train_with_groups_fits_the_rvae_and_replay_uses_it(tmp_path: Path) -> None:
+    from streamwatch.commands import main
+    from streamwatch.commands.common import EXIT_OK
+
+    lines = ["timestamp,sensor,value"]
+    for g, seed in (("a", 0), ("b", 1)):
+        steps = pump(500, seed)
+        for i, row in enumerate(steps):  # members at their own times, not sharing stamps
+            lines += [
+                f"{1e9 + i + 0.2 * k!r},plant/{g}/m{k},{float(v)!r}" for k, v in enumerate(row)
+            ]
+    data = tmp_path / "normal.csv"
+    data.write_text("\n".join(lines) + "\n")
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        '[groups]\npatterns = ["plant/+/#"]\nwindow = 12\n[groups.detector]\ntype = "rvae"\n'
+        "hidden = 16\nlatent = 4\nepochs = 8\nmin_steps = 0\nbatch_size = 64\n"
+        "learning_rate = 0.005\n"
+    )
+    model = tmp_path / "model"
+    assert (
+        main(["train", "--data", str(data), "--config", str(conf), "--model-dir", str(model)])
+        == EXIT_OK
+    )
+    groups = bundle.load(tmp_path / "model.groups")
+    assert groups.name == "rvae"
+    assert set(groups.trained_on["groups"]) == {"plant/a", "plant/b"}
+    assert groups.trained_on["groups"]["plant/a"]["members"] == ["m0", "m1", "m2"]
+    assert "plateau" in groups.trained_on["training"]
+    # Shared weights: the last quarter of each group's steps calibrated its threshold.
+    assert groups.trained_on["calibrated_in_sample"] is False
+    assert set(groups.thresholds.per_sensor) == {"plant/a", "plant/b"}
+    out = tmp_path / "alerts.jsonl"
+    rc = main(
+        [
+            "replay",
+            "--data",
+            str(data),
+            "--alerts-out",
+            str(out),
+            "--config",
+            str(conf),
+            "--model-dir",
+            str(model),
+        ]
+    )
+    assert rc == EXIT_OK

@@ -71,6 +71,7 @@ def _train_groups(cfg: Any, data: Any, model_dir: Path, source: str) -> int:
             f"({on['readings']} aligned steps); {len(groups.thresholds.per_sensor)} group "
             f"thresholds; saved to {cfg.groups.bundle_dir(model_dir)}"
         )
+        _plateau_warning(on.get("training"))
     return EXIT_OK
 
 
@@ -85,12 +86,25 @@ def _summary(model: Any, model_dir: Path) -> int:
         f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
         f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {model_dir}"
     )
-    training = on.get("training")
-    if isinstance(training, dict) and training.get("plateau"):
-        loss, level = training.get("val_loss"), training.get("plateau_level")
-        print(
-            f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
-            f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
-            "a window; train on more data or more steps"
-        )
+    _plateau_warning(on.get("training"))
     return EXIT_OK
+
+
+def _plateau_warning(training: Any) -> None:
+    """Warn when a network's training ended on the plateau (per its training report)."""
+    if not (isinstance(training, dict) and training.get("plateau")):
+        return
+    if "val_loss" not in training:  # several networks: name the ones on the plateau
+        models = training.get("models") or {}
+        on = sorted(k for k, r in models.items() if isinstance(r, dict) and r.get("plateau"))
+        print(
+            f"warning: training of {', '.join(on) or 'a network'} ended on (or above) the "
+            "plateau: it ignores the shape of a window; train on more data or more steps"
+        )
+        return
+    loss, level = training.get("val_loss"), training.get("plateau_level")
+    print(
+        f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
+        f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
+        "a window; train on more data or more steps"
+    )
