@@ -206,3 +206,13 @@ def test_idle_group_is_evicted_and_its_raised_alert_cleared() -> None:
     assert cleared["alert_id"] == events[0].alert_id
     assert eng.raised == {}
     assert eng.groups is not None and not eng.groups.groups and eng.groups.evicted == 1
+
+
+def test_member_the_trained_group_lacks_is_counted_not_scored() -> None:
+    rows = readings(pump(seed=5, broken=False))
+    _, eng, metrics = run(cfg(), rows)
+    assert eng.groups is not None
+    extra = [Reading("plant/p1/vibration", T0 + N + i, 1.0) for i in range(3)]
+    eng.process([(extra, extra[-1].ts)], now=extra[-1].ts)
+    assert metrics.rejected.labels("unknown_member")._value.get() == 3.0
+    assert eng.groups.groups["plant/p1"].aligner.members == ["current", "flow", "pressure"]

@@ -127,8 +127,10 @@ class GroupPath:
             self.groups.move_to_end(group)
         gs.last_seen = now
         al = gs.aligner
-        missing = al.missing_steps
+        missing, unknown = al.missing_steps, al.unknown
         steps = al.add(member, ts, value)
+        if al.unknown != unknown:  # not a member the group was learned with (or over the cap)
+            self.metrics.rejected.labels("unknown_member").inc()
         if al.missing_steps != missing:
             self.metrics.group_missing_steps.inc(al.missing_steps - missing)
             self.missing_steps += al.missing_steps - missing
