@@ -206,6 +206,9 @@ def test_idle_group_is_evicted_and_its_raised_alert_cleared() -> None:
     assert cleared["alert_id"] == events[0].alert_id
     assert eng.raised == {}
     assert eng.groups is not None and not eng.groups.groups and eng.groups.evicted == 1
+    # What was learned online for it is forgotten: churn cannot grow the model.
+    assert not eng.groups.model.detector.knows("plant/p1")
+    assert "plant/p1" not in eng.groups.model.thresholds.per_sensor
 
 
 def test_member_the_trained_group_lacks_is_counted_not_scored() -> None:

@@ -110,6 +110,8 @@ class GroupPath:
         self.groups: OrderedDict[str, GroupState] = OrderedDict()
         self.window = model.detector.window
         self._due: list[tuple[str, GroupState, np.ndarray, float, float]] = []
+        self._learned: set[str] = set()
+        """Groups learned here, online: forgotten again when evicted (bounded memory)."""
         self.missing_steps = 0
         self.restarts = 0
         self.evicted = 0
@@ -200,6 +202,11 @@ class GroupPath:
             )
             self.sink(ev)
         self.metrics.release(group)
+        if group in self._learned:
+            self._learned.discard(group)
+            self.model.detector.forget(group)
+            self.model.thresholds.per_sensor.pop(group, None)
+            self.model.trained_on.get("groups", {}).pop(group, None)
 
     def _mark_scored(self, gs: GroupState, thr: float) -> None:
         gs.threshold = thr
@@ -238,6 +245,7 @@ class GroupPath:
             gs.warm = gs.warm[len(gs.warm) // 2 :]  # keep learning from the newer half
             return
         al = gs.aligner
+        self._learned.add(group)
         self.model.thresholds.per_sensor[group] = thr
         self.model.trained_on.setdefault("groups", {})[group] = {
             "members": list(al.members or ()),
