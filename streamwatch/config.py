@@ -343,9 +343,109 @@ class LSTMVAEConfig(_DetectorBase):
     seed: int = Field(0, description="Seeds weight initialisation, batch order and sampling.")
 
 
+class MahalanobisConfig(_DetectorBase):
+    """Multivariate baseline for groups: the Mahalanobis distance of a window's per-member
+    means (each member standardised on normal data) from their normal mean, under their
+    normal covariance (ridge-regularised). Score kind: a ratio, like robust's."""
+
+    type: Literal["mahalanobis"] = "mahalanobis"
+    span: int = Field(
+        15, ge=1, le=4096, description="Trailing steps averaged per member (<= window length)."
+    )
+    point: bool = Field(
+        False,
+        description="Also score each window's last step alone (the point part): catches "
+        "spikes; off by default (no better on SKAB experiments 0-7, one more false raise).",
+    )
+    ridge: float = Field(
+        0.001,
+        ge=0,
+        description="Added to the covariance's diagonal, as a fraction of its mean variance.",
+    )
+
+
+class RVAEConfig(LSTMVAEConfig):
+    """Recurrent (LSTM) VAE over a group's windows of time x members, each member standardised
+    per group; ``shared``: one network per member count, shared by the groups that have it
+    (else one per group). The LSTM-VAE's options, plus which score."""
+
+    type: Literal["rvae"] = "rvae"  # type: ignore[assignment]
+    score: Literal["elbo", "reconstruction", "latent"] = Field(
+        "elbo",
+        description="elbo: reconstruction NLL + KL; reconstruction: the NLL alone; latent: "
+        "the KL alone (how far the encoder must move from the prior).",
+    )
+
+
 DetectorConfig = Annotated[
-    GaussianConfig | GMMConfig | RobustConfig | LSTMVAEConfig, Field(discriminator="type")
+    GaussianConfig | GMMConfig | RobustConfig | LSTMVAEConfig | MahalanobisConfig | RVAEConfig,
+    Field(discriminator="type"),
 ]
+GroupDetectorConfig = Annotated[MahalanobisConfig | RVAEConfig, Field(discriminator="type")]
+
+
+class GroupsConfig(_Strict):
+    """Multivariate groups: sensors that one pattern puts together are scored together, as
+    one machine, by a group detector over aligned windows of time x members."""
+
+    patterns: list[str] = Field(
+        [],
+        description="Sensor-id patterns (+ one level, # the rest); the group id is the id up "
+        "to the last + level, e.g. skab/+/# puts skab/valve1_3/Pressure in skab/valve1_3.",
+    )
+    period_s: float | None = Field(
+        None, gt=0, description="Grid period of a group's steps; unset: inferred per group."
+    )
+    max_age_s: float | None = Field(
+        None, gt=0, description="A member's held value older than this is missing (3 periods)."
+    )
+    missing: Literal["impute", "restart"] = Field(
+        "impute",
+        description="A step with a member missing: impute its normal mean (flagged), or "
+        "restart the group's window.",
+    )
+    window: int = Field(20, ge=2, le=4096, description="Grid steps per group window.")
+    score_members_alone: bool = Field(
+        False, description="Also score each member alone, as a sensor in no group."
+    )
+    max_groups: int = Field(2000, ge=1, description="Cap on tracked groups.")
+    max_members: int = Field(64, ge=1, description="Cap on members per group.")
+    model_dir: Path | None = Field(
+        None, description="Group model bundle; unset: <model_dir>.groups beside model_dir."
+    )
+    detector: GroupDetectorConfig = MahalanobisConfig()
+    threshold: ThresholdConfig = Field(
+        ThresholdConfig(margin=3.0),
+        description="Group thresholds, by the one calibration policy (margin for ratio "
+        "scores, false_alarm_rate for likelihoods); margin 3.0 chosen on SKAB experiments 0-7.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        from streamwatch.pipeline.groups import Pattern, PatternError
+
+        for p in v:
+            try:
+                Pattern.parse(p)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _span_fits(self) -> GroupsConfig:
+        span = getattr(self.detector, "span", 1)
+        if span > self.window:
+            raise ValueError("detector.span must be <= window")
+        return self
+
+    def bundle_dir(self, model_dir: Path | None) -> Path | None:
+        """Where the group model is saved and loaded."""
+        if self.model_dir is not None:
+            return self.model_dir
+        if model_dir is None:
+            return None
+        return model_dir.with_name(model_dir.name + ".groups")
 
 
 class LearningConfig(_Strict):
@@ -447,12 +547,13 @@ class Config(_Strict):
     alerts: AlertConfig = AlertConfig()
     engine: EngineConfig = EngineConfig()
     metrics: MetricsConfig = MetricsConfig()
+    groups: GroupsConfig = GroupsConfig()
     model_dir: Path | None = Field(None, description="Model bundle to load at start.")
     state_dir: Path | None = Field(None, description="Where alert state survives restarts.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-_DETECTOR_TAGS = ("gaussian", "gmm", "robust", "lstm-vae")
+_DETECTOR_TAGS = ("gaussian", "gmm", "robust", "lstm-vae", "mahalanobis", "rvae")
 
 
 def _format_errors(exc: ValidationError, source: str) -> list[str]:
@@ -461,6 +562,8 @@ def _format_errors(exc: ValidationError, source: str) -> list[str]:
         parts = [str(p) for p in err["loc"]]
         if len(parts) > 1 and parts[0] == "detector" and parts[1] in _DETECTOR_TAGS:
             del parts[1]  # pydantic puts the union's tag in the path; the user never wrote it
+        if parts[:2] == ["groups", "detector"] and len(parts) > 2 and parts[2] in _DETECTOR_TAGS:
+            del parts[2]  # pydantic puts the union's tag in the path; the user never wrote it
         loc = ".".join(parts)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

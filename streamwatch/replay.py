@@ -56,9 +56,15 @@ def merged(series: Series, size: Callable[[], int] = lambda: CHUNK) -> Iterator[
 
 
 def replay(
-    cfg: Config, model: Model, series: Series, registry: CollectorRegistry | None = None
+    cfg: Config,
+    model: Model,
+    series: Series,
+    registry: CollectorRegistry | None = None,
+    group_model: Model | None = None,
 ) -> list[AlertEvent]:
-    """Run the readings through a fresh engine; return every alert transition in order."""
+    """Run the readings through a fresh engine; return every alert transition in order.
+    With ``[groups]`` patterns, grouped sensors go through ``group_model`` (default: the
+    bundle at ``groups.bundle_dir``, or a fresh one that warms each group up)."""
     events: list[AlertEvent] = []
     metrics = Metrics(registry or CollectorRegistry(), cfg.metrics.max_sensor_labels)
     engine: Engine
@@ -66,7 +72,9 @@ def replay(
     def train_inline(data: dict[str, np.ndarray]) -> None:
         engine.request_swap(train_in_place(cfg, data))
 
-    engine = Engine(cfg, model, metrics, events.append, on_training_data=train_inline)
+    engine = Engine(
+        cfg, model, metrics, events.append, on_training_data=train_inline, group_model=group_model
+    )
     # While a model is being trained in, small chunks let the swap land as promptly as it
     # does in the daemon, whose batches are small.
     for chunk in merged(series, lambda: LEARNING_CHUNK if engine.learning else CHUNK):

@@ -78,17 +78,17 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
             dropped += int((~normal).sum())
             ts, values = ts[normal], values[normal]
         if det.shared_weights:
-            n_cal = max(round(values.size * CALIBRATION_FRACTION), min_cal)
+            n_cal = max(round(len(values) * CALIBRATION_FRACTION), min_cal)
             need = n_cal + min_fit
         else:
             n_cal, need = 0, min_cal
-        if values.size < need:
-            skipped[sensor] = f"{values.size} normal readings, need {need}"
+        if len(values) < need:
+            skipped[sensor] = f"{len(values)} normal readings, need {need}"
             log.warning(
                 "sensor %s: %d normal readings are too few to train and calibrate on (need "
                 "%d); skipped",
                 sensor,
-                values.size,
+                len(values),
                 need,
             )
             continue
@@ -132,7 +132,7 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
     trained_on = {
         "sensors": sorted(fit_part),
         "readings": int(sum(t.size for t in stamps.values())),
-        "calibration_readings": int(sum(v.size for v in cal_part.values())),
+        "calibration_readings": int(sum(len(v) for v in cal_part.values())),
         "calibrated_in_sample": not det.shared_weights,
         "anomalous_rows_dropped": dropped,
         "skipped_sensors": skipped,

@@ -16,7 +16,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from streamwatch.config import GaussianConfig, GMMConfig, LSTMVAEConfig, RobustConfig
+from streamwatch.config import (
+    GaussianConfig,
+    GMMConfig,
+    LSTMVAEConfig,
+    MahalanobisConfig,
+    RobustConfig,
+    RVAEConfig,
+)
 from streamwatch.detectors import base, bundle, lstm_vae_train
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
 from streamwatch.detectors.bundle import Model
@@ -31,6 +38,10 @@ CONFIGS: dict[str, Any] = {
     "gmm": GMMConfig(max_components=3, steps=150),
     "robust": RobustConfig(),
     "lstm-vae": LSTMVAEConfig(
+        hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
+    ),
+    "mahalanobis": MahalanobisConfig(span=10, point=True),
+    "rvae": RVAEConfig(
         hidden=16, latent=4, epochs=10, min_steps=0, batch_size=64, learning_rate=5e-3, patience=3
     ),
 }

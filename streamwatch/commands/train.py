@@ -43,10 +43,42 @@ def _handle(args: argparse.Namespace) -> int:
         data = dataset.read_csv(args.data)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if cfg.groups.patterns:
+        return _train_groups(cfg, data, cfg.model_dir, str(args.data))
     try:
         model = train(cfg, data, cfg.model_dir, source=str(args.data))
     except TrainError as exc:
         raise UsageError(str(exc)) from None
+    return _summary(model, cfg.model_dir)
+
+
+def _train_groups(cfg: Any, data: Any, model_dir: Path, source: str) -> int:
+    """``train`` with ``[groups]``: single sensors into model_dir, groups beside it."""
+    from streamwatch.group_training import train_with_groups
+    from streamwatch.training import TrainError
+
+    try:
+        single, groups = train_with_groups(cfg, data, model_dir, source)
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+    if single is not None:
+        _summary(single, model_dir)
+    if groups is not None:
+        on = groups.trained_on
+        skipped = on.get("skipped_sensors") or {}
+        if skipped:
+            print(f"skipped {len(skipped)} groups with too few steps: {', '.join(sorted(skipped))}")
+        print(
+            f"trained {groups.name} on {len(on.get('groups', {}))} groups "
+            f"({on['readings']} aligned steps); {len(groups.thresholds.per_sensor)} group "
+            f"thresholds; saved to {cfg.groups.bundle_dir(model_dir)}"
+        )
+        _plateau_warning(on.get("training"))
+    return EXIT_OK
+
+
+def _summary(model: Any, model_dir: Path) -> int:
+    """Print what a single-sensor model was trained on, and any plateau warning."""
     t, on = model.thresholds, model.trained_on
     skipped = on.get("skipped_sensors") or {}
     if skipped:
@@ -54,14 +86,27 @@ def _handle(args: argparse.Namespace) -> int:
     print(
         f"trained {model.name} on {on['readings']} readings from "
         f"{len(on['sensors'])} sensors; {len(t.per_sensor)} sensor thresholds, "
-        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {cfg.model_dir}"
+        f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {model_dir}"
     )
-    training = on.get("training")
-    if isinstance(training, dict) and training.get("plateau"):
-        loss, level = training.get("val_loss"), training.get("plateau_level")
-        print(
-            f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
-            f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
-            "a window; train on more data or more steps"
-        )
+    _plateau_warning(on.get("training"))
     return EXIT_OK
+
+
+def _plateau_warning(training: Any) -> None:
+    """Warn when a network's training ended on the plateau (per its training report)."""
+    if not (isinstance(training, dict) and training.get("plateau")):
+        return
+    if "val_loss" not in training:  # several networks: name the ones on the plateau
+        models = training.get("models") or {}
+        on = sorted(k for k, r in models.items() if isinstance(r, dict) and r.get("plateau"))
+        print(
+            f"warning: training of {', '.join(on) or 'a network'} ended on (or above) the "
+            "plateau: it ignores the shape of a window; train on more data or more steps"
+        )
+        return
+    loss, level = training.get("val_loss"), training.get("plateau_level")
+    print(
+        f"warning: training ended on (or above) the plateau (val_loss {loss}, plateau "
+        f"level {level}, {training.get('steps')} steps): the model ignores the shape of "
+        "a window; train on more data or more steps"
+    )

@@ -27,6 +27,8 @@ _IMPLEMENTATIONS: dict[str, str] = {
     "gmm": "streamwatch.detectors.gmm:GMMDetector",
     "robust": "streamwatch.detectors.robust:RobustDetector",
     "lstm-vae": "streamwatch.detectors.lstm_vae:LSTMVAEDetector",
+    "mahalanobis": "streamwatch.detectors.mahalanobis:MahalanobisDetector",
+    "rvae": "streamwatch.detectors.rvae:RVAEDetector",
 }
 
 
@@ -143,8 +145,14 @@ class Detector(ABC):
         return self.score([sensor] * len(x), x)
 
     def windows_of(self, values: np.ndarray) -> np.ndarray:
-        """All windows (stride 1) of a 1-D series, shape (N - window + 1, window)."""
+        """All windows (stride 1) of a 1-D series, shape (N - window + 1, window); of a
+        group's (N, members) steps, shape (N - window + 1, window, members)."""
         v = np.asarray(values, dtype=np.float64)
+        if v.ndim == 2:
+            if v.shape[0] < self.window:
+                return np.empty((0, self.window, v.shape[1]))
+            view = np.lib.stride_tricks.sliding_window_view(v, self.window, axis=0)
+            return view.transpose(0, 2, 1)
         if v.size < self.window:
             return np.empty((0, self.window))
         return np.lib.stride_tricks.sliding_window_view(v, self.window)

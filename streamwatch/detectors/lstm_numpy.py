@@ -48,6 +48,20 @@ def save_npz(path: Path, weights: dict[str, np.ndarray], eps: np.ndarray) -> Non
         np.savez(f, eps=eps, **weights)
 
 
+def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The named arrays and ``eps`` written by :func:`save_npz` (never unpickles; ValueError
+    if the file is not such a set)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    eps = arrays.pop("eps", None)
+    if eps is None:
+        raise ValueError(f"{path.name}: no eps array")
+    missing = [n for n in WEIGHT_NAMES if n not in arrays]
+    if missing:
+        raise ValueError(f"{path.name}: weights lack {', '.join(missing)}")
+    return arrays, eps
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
@@ -65,6 +79,8 @@ class NumpyNet:
             raise ValueError(f"weights lack {', '.join(missing)}")
         self.w = {n: np.asarray(weights[n], np.float32) for n in WEIGHT_NAMES}
         self.hidden = self.w["enc_recurrent"].shape[0]
+        self.features = 1
+        """Inputs per step: the numpy twin serves the one-feature LSTM-VAE."""
         self.eps = np.asarray(eps, np.float32)
         self.window = window
         self._check_shapes()
@@ -72,12 +88,8 @@ class NumpyNet:
     @classmethod
     def load(cls, path: Path, window: int) -> NumpyNet:
         """Read a network saved by :func:`save_npz` (ValueError if it is not one)."""
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        eps = arrays.pop("eps", None)
-        if eps is None:
-            raise ValueError(f"{path.name}: no eps array")
-        return cls(arrays, eps, window)
+        weights, eps = load_npz(path)
+        return cls(weights, eps, window)
 
     def _check_shapes(self) -> None:
         h, w = self.hidden, self.w

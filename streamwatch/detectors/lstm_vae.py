@@ -227,16 +227,18 @@ class LSTMVAEDetector(Detector):
         return ((v - mean[:, None]) / std[:, None]).astype(np.float32)
 
     def _run(self, net: Net | NumpyNet, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks."""
+        """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks
+        (rows of several features, (B, W, F), give NLL (B, W, F))."""
         n = len(z)
-        steps = np.empty((n, self.window), np.float64)
+        steps = np.empty(z.shape, np.float64)
         kl = np.empty(n, np.float64)
         chunk = max(self.max_batch, 1)
         for start in range(0, n, chunk):
             part = z[start : start + chunk]
             size = self._buckets(len(part))
             if size != len(part):
-                part = np.concatenate([part, np.zeros((size - len(part), self.window), np.float32)])
+                pad = np.zeros((size - len(part), *part.shape[1:]), np.float32)
+                part = np.concatenate([part, pad])
             s, k = net.scorer(self.jit_compile and size <= XLA_MAX_BUCKET)(part)
             m = min(chunk, n - start)
             steps[start : start + m] = np.asarray(s)[:m]
@@ -337,7 +339,7 @@ class LSTMVAEDetector(Detector):
 
             net = Net(self.cfg, self.window, self.cfg.seed)
             if npz.exists():
-                arrays = NumpyNet.load(npz, self.window).w
+                arrays, _ = lstm_numpy.load_npz(npz)
                 net.vae.set_weights([arrays[n] for n in lstm_numpy.WEIGHT_NAMES])
             else:
                 net.vae.load_weights(h5)

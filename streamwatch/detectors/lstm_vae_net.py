@@ -50,8 +50,12 @@ def tf_module() -> Any:
     return tf
 
 
-def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, Any, Any]:
-    """The (vae, encoder, decoder) Keras models; ``vae`` holds every weight, for saving."""
+def build_model(
+    window: int, hidden: int, latent: int, seed: int, features: int = 1
+) -> tuple[Any, Any, Any]:
+    """The (vae, encoder, decoder) Keras models; ``vae`` holds every weight, for saving.
+    ``features`` > 1: windows of ``time x features`` (a group's members), the decoder giving
+    a (loc, scale) pair per step and feature; 1 is the single-sensor model, layer for layer."""
     tf_module()
     import keras
     from keras import layers
@@ -62,7 +66,7 @@ def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, 
     def orth(i: int) -> Any:
         return keras.initializers.Orthogonal(seed=seed * 100 + i)
 
-    x = keras.Input((window, 1), name="window")
+    x = keras.Input((window, features), name="window")
     h = layers.LSTM(hidden, kernel_initializer=init(0), recurrent_initializer=orth(1))(x)
     mean = layers.Dense(latent, kernel_initializer=init(2), name="z_mean")(h)
     logvar = layers.Dense(latent, kernel_initializer=init(3), name="z_logvar")(h)
@@ -76,7 +80,9 @@ def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, 
         kernel_initializer=init(4),
         recurrent_initializer=orth(5),
     )(r)
-    out = layers.TimeDistributed(layers.Dense(2, kernel_initializer=init(6)), name="loc_raw")(d)
+    out = layers.TimeDistributed(
+        layers.Dense(2 * features, kernel_initializer=init(6)), name="loc_raw"
+    )(d)
     decoder = keras.Model(z, out, name="decoder")
 
     m, _ = encoder(x)
@@ -87,10 +93,12 @@ def build_model(window: int, hidden: int, latent: int, seed: int) -> tuple[Any, 
 class Net:
     """One VAE with its compiled scoring functions (one per XLA setting)."""
 
-    def __init__(self, cfg: LSTMVAEConfig, window: int, init_seed: int) -> None:
+    def __init__(self, cfg: LSTMVAEConfig, window: int, init_seed: int, features: int = 1) -> None:
         self.window = window
+        self.features = features
+        """1: inputs (B, W), per-step NLL (B, W); more: inputs and NLL (B, W, features)."""
         self.vae, self.encoder, self.decoder = build_model(
-            window, cfg.hidden, cfg.latent, init_seed
+            window, cfg.hidden, cfg.latent, init_seed, features
         )
         self.latent = cfg.latent
         self.samples = cfg.latent_samples
@@ -104,30 +112,36 @@ class Net:
         self._fns: dict[bool, Callable[[Any], Any]] = {}
 
     def step_nll(self, z: Any, x: Any) -> Any:
-        """Per-step reconstruction NLL of standardised ``x`` (B, W) decoded from ``z``."""
+        """Per-step reconstruction NLL of standardised ``x`` (B, W) decoded from ``z``
+        ((B, W, features) for several features)."""
         tf = tf_module()
         import tensorflow_probability as tfp
 
         out = self.decoder(z, training=False)
+        if self.features > 1:
+            out = tf.reshape(out, [-1, self.window, self.features, 2])
         normal = tfp.distributions.Normal(
             loc=out[..., 0], scale=tf.nn.softplus(out[..., 1]) + _SCALE_EPS
         )
         return -normal.log_prob(x)
 
     def encode(self, x: Any, training: bool = False) -> tuple[Any, Any]:
-        """Posterior mean and (clipped) log-variance of standardised ``x`` (B, W)."""
+        """Posterior mean and (clipped) log-variance of standardised ``x`` (B, W), or
+        (B, W, features)."""
         tf = tf_module()
-        mean, logvar = self.encoder(x[..., None], training=training)
+        mean, logvar = self.encoder(x[..., None] if self.features == 1 else x, training=training)
         return mean, tf.clip_by_value(logvar, -_LOGVAR_CLIP, _LOGVAR_CLIP)
 
     def scorer(self, jit: bool) -> Callable[[Any], Any]:
-        """The traced function: standardised (B, W) float32 -> (per-step NLL (B, W), KL (B,))."""
+        """The traced function: standardised (B, W) float32 -> (per-step NLL (B, W), KL (B,));
+        with several features (B, W, F) -> ((B, W, F), (B,))."""
         fn = self._fns.get(jit)
         if fn is not None:
             return fn
         tf = tf_module()
         eps = tf.constant(self.eps)
         w = self.window
+        shape = [w] if self.features == 1 else [w, self.features]
 
         def run(x: Any) -> tuple[Any, Any]:
             mean, logvar = self.encode(x)
@@ -139,12 +153,13 @@ class Net:
                 z = mean[None] + std[None] * eps[:, None, :]  # (S, B, latent)
                 b = tf.shape(x)[0]
                 flat = tf.reshape(z, [-1, self.latent])
-                xs = tf.tile(x, [self.samples, 1])
-                steps = tf.reduce_mean(tf.reshape(self.step_nll(flat, xs), [-1, b, w]), axis=0)
+                xs = tf.tile(x, [self.samples] + [1] * len(shape))
+                nll = self.step_nll(flat, xs)
+                steps = tf.reduce_mean(tf.reshape(nll, [-1, b, *shape]), axis=0)
             return steps, kl
 
         fn = tf.function(
-            run, input_signature=[tf.TensorSpec([None, w], tf.float32)], jit_compile=jit
+            run, input_signature=[tf.TensorSpec([None, *shape], tf.float32)], jit_compile=jit
         )
         self._fns[jit] = fn
         return fn

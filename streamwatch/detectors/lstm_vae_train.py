@@ -81,13 +81,14 @@ class TrainReport:
 def plateau_level(train: np.ndarray, val: np.ndarray) -> float:
     """The validation loss (negative ELBO, nats per window) of a model that ignores ``z``
     and predicts each step's marginal: a Normal fitted to the standardised training
-    windows, evaluated on the validation windows."""
+    windows, evaluated on the validation windows (of one feature, (N, W), or several,
+    (N, W, F), each step and feature its own Normal)."""
     x = np.asarray(train, dtype=np.float64)
     mean = x.mean(axis=0)
     var = np.maximum(x.var(axis=0), 1e-12)
     v = np.asarray(val, dtype=np.float64)
     nll = 0.5 * np.log(2.0 * np.pi * var) + 0.5 * (v - mean) ** 2 / var
-    return float(nll.sum(axis=1).mean())
+    return float(nll.reshape(len(v), -1).sum(axis=1).mean())
 
 
 def on_plateau(val_loss: float, level: float, window: int) -> bool:
@@ -98,15 +99,18 @@ def on_plateau(val_loss: float, level: float, window: int) -> bool:
 class Trainer:
     """Trains one :class:`Net` on standardised windows, in rounds, with a KL warm-up."""
 
-    def __init__(self, cfg: LSTMVAEConfig, window: int, seed: int, what: str) -> None:
+    def __init__(
+        self, cfg: LSTMVAEConfig, window: int, seed: int, what: str, features: int = 1
+    ) -> None:
         tf = tf_module()
         import keras
 
         self.cfg = cfg
         self.window = window
+        self.features = features
         self.seed = seed
         self.what = what
-        self.net = Net(cfg, window, seed)
+        self.net = Net(cfg, window, seed, features)
         self.opt = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
         variables = self.net.vae.trainable_variables
         self.opt.build(variables)
@@ -114,12 +118,14 @@ class Trainer:
         noise = tf.random.Generator.from_seed(seed)
         self.beta = tf.Variable(1.0, trainable=False, dtype=tf.float32)
         net = self.net
-        spec = [tf.TensorSpec([None, window], tf.float32)]
+        shape = [window] if features == 1 else [window, features]
+        spec = [tf.TensorSpec([None, *shape], tf.float32)]
 
         def neg_elbo(x: Any, training: bool, beta: Any) -> Any:
             mean, logvar = net.encode(x, training=training)
             z = mean + tf.exp(0.5 * logvar) * noise.normal(tf.shape(mean))
-            recon = tf.reduce_sum(net.step_nll(z, x), axis=-1)
+            nll = net.step_nll(z, x)
+            recon = tf.reduce_sum(tf.reshape(nll, [tf.shape(nll)[0], -1]), axis=-1)
             kl = 0.5 * tf.reduce_sum(tf.exp(logvar) + tf.square(mean) - 1.0 - logvar, axis=-1)
             return tf.reduce_mean(recon + beta * kl)
 
@@ -171,7 +177,8 @@ class Trainer:
         )
         best, weights = self._round(train, val, epochs, limit, math.inf, None)
         rounds = 1
-        while on_plateau(best, level, self.window) and rounds <= ESCAPE_ROUNDS:
+        cells = self.window * self.features  # the margin is per step and feature
+        while on_plateau(best, level, cells) and rounds <= ESCAPE_ROUNDS:
             log.info(
                 "%s: best val_loss %.4f is on the plateau (%.2f); training round %d of at most %d",
                 self.what,
@@ -185,7 +192,7 @@ class Trainer:
         if weights is not None:
             self.net.vae.set_weights(weights)
         report = TrainReport(
-            plateau=on_plateau(best, level, self.window),
+            plateau=on_plateau(best, level, cells),
             val_loss=best,
             plateau_level=level,
             steps=self.steps,

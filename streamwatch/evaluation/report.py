@@ -20,6 +20,9 @@ PROTOCOL_NOTES = {
     "warmup": "warm-up: the engine learns each sensor from its own training readings",
     "train": "train: one model fitted on every sensor's training readings at once "
     "(plus any extra normal series), then each whole series replayed with it",
+    "groups": "groups: the [groups] patterns make each group (a SKAB experiment) one "
+    "multivariate model over its aligned members, warmed up on its training rows, one alert "
+    "per group",
 }
 
 

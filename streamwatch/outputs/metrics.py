@@ -150,6 +150,12 @@ class Metrics:
             "Sensors marked silent by a Sparkplug NDEATH or DDEATH (their windows restart)",
             registry=registry,
         )
+        self.group_missing_steps = Counter(
+            "streamwatch_group_missing_steps",
+            "Group grid steps with a member silent past groups.max_age_s (imputed or "
+            "restarted, per groups.missing)",
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             "streamwatch_mqtt_connected", "1 when connected to the broker", registry=registry
         )

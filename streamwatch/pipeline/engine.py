@@ -28,6 +28,7 @@ from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.group_path import GroupPath, load_group_model
 from streamwatch.pipeline.handoff import Item, Queued
 from streamwatch.pipeline.lifecycle import SCORED, SensorLifecycle, SensorState
 from streamwatch.pipeline.windows import Windows
@@ -50,6 +51,7 @@ class Engine:
         on_training_data: Callable[[dict[str, np.ndarray]], None] | None = None,
         background_fits: bool = False,
         raised: dict[str, str] | None = None,
+        group_model: Model | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
@@ -69,6 +71,20 @@ class Engine:
         self.on_scores: Callable[[list[str], list[float], np.ndarray, np.ndarray], None] | None
         self.on_scores = None
         """Called once per scored batch with (sensors, window ends, scores, thresholds)."""
+        self.groups: GroupPath | None = None
+        """The path for sensors that ``[groups]`` patterns put in groups (None without)."""
+        if cfg.groups.patterns:
+            self.groups = GroupPath(
+                cfg,
+                group_model if group_model is not None else load_group_model(cfg),
+                metrics,
+                sink,
+                self.raised,
+                self._mark_raised_changed,
+            )
+
+    def _mark_raised_changed(self) -> None:
+        self._raised_changed = True
 
     @property
     def model(self) -> Model:
@@ -150,12 +166,18 @@ class Engine:
         gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
         maint = self.maintenance
+        groups = self.groups
+        alone = groups is None or self.cfg.groups.score_members_alone
         for item in items:
             readings, arrived = item[0], item[1]
             if readings.__class__ is Silence:
                 self._silence(readings)
                 continue
             for r in readings:
+                if groups is not None and (g := groups.grouper.match(r.sensor)) is not None:
+                    groups.add(g[0], g[1], r.ts, r.value, now)
+                    if not alone:
+                        continue
                 sw = windows.get(r.sensor, now)
                 st: SensorState | None = sw.state
                 if st is None:
@@ -193,6 +215,8 @@ class Engine:
             events = self._score(
                 det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
             )
+        if groups is not None:
+            events += groups.flush()
         # Only now: a sensor evicted by later readings of this batch still has its due window
         # scored with the state it had (issue 12, item 1: it raised KeyError, losing the batch).
         self._evicted()
@@ -412,9 +436,11 @@ class Engine:
         log.info("%d sensor(s) went silent (device or node death)", len(marker.sensors))
 
     def evict_idle(self, now: float) -> None:
-        """Drop sensors idle longer than ``windows.idle_evict_s``."""
+        """Drop sensors (and groups) idle longer than ``windows.idle_evict_s``."""
         self.windows.evict_idle(now)
         self._evicted()
+        if self.groups is not None:
+            self.groups.evict_idle(now, self.cfg.windows.idle_evict_s)
 
     def close(self) -> None:
         """Stop the background fitter (pending fits are dropped)."""
