@@ -223,6 +223,13 @@ class AlertConfig(_Strict):
         ge=0,
         description="No new raise within this many verdicts (readings) of the last raise.",
     )
+    confirm_s: float = Field(
+        10.0,
+        ge=0,
+        description="A sensor whose normal interval lets 2 more readings come within this "
+        "many seconds raises only on 2 anomalous verdicts of its last 3 (a dropout still "
+        "raises alone); slower sensors raise on raise_k of raise_n. 0 turns it off.",
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -338,6 +345,25 @@ class LearningConfig(_Strict):
         ge=0,
         description="A reading after a gap longer than this many times the longest interval "
         "in the sensor's first `warmup` readings is anomalous (a dropout); 0 turns it off.",
+    )
+    feed_outage_sensors: int = Field(
+        2,
+        ge=0,
+        description="A silence in which no sensor of the feed reported at all is a feed "
+        "outage (logger, network, broker): logged and counted once, not a dropout alert on "
+        "every sensor. Needs at least this many sensors tracked; 0 turns it off.",
+    )
+    follow_half_life: int = Field(
+        0,
+        ge=0,
+        description="Protected adaptation: a sensor's normal level follows slow drift with "
+        "this half-life in readings, learning only from readings judged normal, outside an "
+        "alert and `follow_guard` readings clear of any anomalous verdict; 0 turns it off.",
+    )
+    follow_guard: int = Field(
+        60,
+        ge=0,
+        description="Readings after an anomalous verdict before adaptation resumes.",
     )
 
 

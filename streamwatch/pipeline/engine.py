@@ -209,7 +209,7 @@ class Engine:
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
-            change = alert.update(bool(verdicts[i]), ends[i])
+            change = alert.update(bool(verdicts[i]), ends[i], bool(gaps[i]))
             if learn:  # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
             if change is None:

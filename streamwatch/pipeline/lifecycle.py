@@ -69,6 +69,12 @@ class SensorState:
     """The longest of them."""
     gap_limit: float = math.inf
     """A reading after a longer gap is anomalous (a dropout); set after ``warmup`` readings."""
+    dts: list[float] = field(default_factory=list)
+    """The intervals counted so far (emptied once the cadence is learned)."""
+    cadence: float = math.nan
+    """The sensor's median interval between readings, once learned."""
+    quiet: int = 0
+    """Verdicts since the last anomalous one (protected adaptation waits for a clear run)."""
 
 
 class SensorLifecycle:
@@ -86,6 +92,7 @@ class SensorLifecycle:
         self.metrics = metrics
         self._warmup = cfg.learning.warmup  # read per reading: kept at hand
         self._gap_factor = cfg.learning.gap_factor
+        self._confirm_s = cfg.alerts.confirm_s
         self.warming = 0
         """Sensors tracked and not yet scored."""
         self.on_training_data = on_training_data
@@ -155,10 +162,11 @@ class SensorLifecycle:
         dropouts alike."""
         if st.intervals < self._warmup and dt < math.inf:
             st.intervals += 1
+            st.dts.append(dt)
             if dt > st.max_dt:
                 st.max_dt = dt
-            if st.intervals == self._warmup and self._gap_factor > 0:
-                st.gap_limit = self._gap_factor * st.max_dt
+            if st.intervals == self._warmup:
+                self._cadence_learned(st)
         if st.phase == SCORED:
             return True
         if self._collect is not None:  # warm-up readings: no verdict, taken as normal
@@ -167,6 +175,16 @@ class SensorLifecycle:
         if st.phase == WARMING:
             self._warm_up(sensor, st)
         return False
+
+    def _cadence_learned(self, st: SensorState) -> None:
+        """The sensor's first ``warmup`` intervals are in: set its gap limit, and ask a fast
+        sensor to confirm a raise (see :mod:`streamwatch.pipeline.alerts`)."""
+        if self._gap_factor > 0:
+            st.gap_limit = self._gap_factor * st.max_dt
+        st.cadence = float(np.median(st.dts))
+        st.dts = []
+        if self._confirm_s > 0 and 2.0 * st.cadence <= self._confirm_s:
+            st.alert.confirm(2, 3)
 
     # -- warm-up --------------------------------------------------------------------------
 
