@@ -124,6 +124,12 @@ class Metrics:
             "Sensors evicted (idle or over the cap)",
             registry=registry,
         )
+        self.feed_outages = Counter(
+            "streamwatch_feed_outages",
+            "Silences of the whole feed (no sensor reported), taken as one outage each, not "
+            "as every sensor's dropout",
+            registry=registry,
+        )
         self.window_restarts = Counter(
             "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
         )

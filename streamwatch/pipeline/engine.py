@@ -60,6 +60,11 @@ class Engine:
         self._raised_changed = False
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
+        self._outage_sensors = cfg.learning.feed_outage_sensors
+        self._feed_last = -math.inf
+        """The newest timestamp of any accepted reading."""
+        self._outage = (math.inf, -math.inf)
+        """The latest silence of the whole feed, (last reading before, first after)."""
 
     @property
     def model(self) -> Model:
@@ -155,12 +160,15 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
+                gap = dt > st.gap_limit and not self._feed_silent(r.ts - dt, r.ts, st.gap_limit)
+                if r.ts > self._feed_last:
+                    self._feed_last = r.ts
                 if life.observe(r.sensor, st, r.value, dt) and due:
                     sensors.append(r.sensor)
                     states.append(st)
                     arrivals.append(arrived)
                     ends.append(r.ts)
-                    gaps.append(dt > st.gap_limit)
+                    gaps.append(gap)
                     if per_reading:
                         rows.append(r.value)
                     else:
@@ -180,6 +188,26 @@ class Engine:
         # scored with the state it had (issue 12, item 1: it raised KeyError, losing the batch).
         self._evicted()
         return events
+
+    def _feed_silent(self, prev: float, ts: float, slack: float) -> bool:
+        """Whether a sensor's silence from ``prev`` to ``ts`` was the whole feed's: no sensor
+        reported in it (give or take ``slack``, the sensor's own allowance). A logger pause or
+        a network outage silences every sensor at once; it is logged and counted once
+        (``streamwatch_feed_outages_total``), not raised as a dropout on every sensor. A
+        sensor that alone goes quiet while others report is still a dropout."""
+        if not self._outage_sensors or len(self.windows) < self._outage_sensors:
+            return False
+        if self._feed_last <= prev + slack:  # nobody reported since this sensor last did
+            self._outage = (self._feed_last, ts)
+            self.metrics.feed_outages.inc()
+            log.warning(
+                "no sensor reported for %.1f s (until %.3f): a feed outage, not a dropout",
+                ts - self._feed_last,
+                ts,
+            )
+            return True
+        first, last = self._outage
+        return first <= prev + slack and last >= ts - slack
 
     def _score(
         self,
