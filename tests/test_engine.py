@@ -20,7 +20,8 @@ def cfg(**sections: dict) -> Config:
     data: dict = {
         "detector": {"type": "gaussian"},
         "learning": {"warmup": 500},
-        "alerts": {"clear_m": 5},
+        # One-reading spikes of a per-reading detector: no confirmation (tested on its own).
+        "alerts": {"clear_m": 5, "confirm_s": 0.0},
     }
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
@@ -279,3 +280,100 @@ def test_a_backlog_is_worked_off_in_slices_that_never_split_a_message() -> None:
     parts = _slices(items, 5)  # type: ignore[arg-type]
     assert [[tok for *_, tok in p] for p in parts] == [[0, 1], [2, 3], [4]]
     assert _slices([], 5) == []
+
+
+def _noise(n: int, seed: int) -> np.ndarray:
+    return 5.0 + np.random.default_rng(seed).normal(0, 0.1, n)
+
+
+def test_a_fast_sensor_confirms_a_raise_and_a_slow_one_does_not() -> None:
+    """alerts.confirm_s: one anomalous reading of a 1 Hz sensor raises nothing; two within
+    three readings raise; a 5-minute sensor raises on its one anomalous reading."""
+    c = cfg()
+    on = cfg(alerts={"confirm_s": 10.0})
+    v = _noise(800, 1)
+    v[600] += 5.0  # one reading
+    fast = np.arange(800, dtype=float)
+    assert [e.state for e in replay(c, fresh_model(c), {"a": (fast, v)})] == ["raised", "cleared"]
+    assert replay(on, fresh_model(on), {"a": (fast, v)}) == []
+    two = v.copy()
+    two[602] += 5.0
+    events = replay(on, fresh_model(on), {"a": (fast, two)})
+    assert events[0].state == "raised" and events[0].ts == 602.0
+    slow = 300.0 * fast
+    events = replay(on, fresh_model(on), {"a": (slow, v)})
+    assert events[0].state == "raised" and events[0].ts == 600 * 300.0
+
+
+def test_a_silence_of_the_whole_feed_is_an_outage_not_a_dropout() -> None:
+    """A logger pause silences every sensor at once: counted once, no alert. A sensor that
+    alone goes quiet while the others report is still a dropout."""
+    quiet = {"threshold": {"margin": 3.0}}  # no raise on the noise itself: only the gap counts
+    c = from_mapping({"learning": {"warmup": 500}, **quiet})
+    stamps = np.arange(1500, dtype=float)
+    stamps[1000:] += 60.0  # one minute of silence on every sensor
+    data = {s: (1.7e9 + stamps, _noise(1500, i)) for i, s in enumerate("abc")}
+    reg = CollectorRegistry()
+    events = replay(c, fresh_model(c), data, reg)
+    assert not [e for e in events if e.state == "raised"]
+    assert reg.get_sample_value("streamwatch_feed_outages_total") == 1
+    alone = dict(data)
+    alone["a"] = (1.7e9 + stamps, data["a"][1])
+    for s in "bc":
+        alone[s] = (1.7e9 + np.arange(1560, dtype=float), _noise(1560, ord(s)))
+    raised = [e for e in replay(c, fresh_model(c), alone) if e.state == "raised"]
+    assert [(e.sensor, e.parts and e.parts.get("gap")) for e in raised] == [("a", 1.0)]
+    off = from_mapping({"learning": {"warmup": 500, "feed_outage_sensors": 0}, **quiet})
+    raised = [e for e in replay(off, fresh_model(off), data) if e.state == "raised"]
+    assert sorted(e.sensor for e in raised) == ["a", "b", "c"]
+
+
+def _in_small_batches(c: Config, model: object, v: np.ndarray) -> list:
+    """Feed sensor 'a' at 1 Hz in batches of 5 readings, as the daemon drains a 1 Hz feed
+    (the level moves between batches)."""
+    events: list = []
+    eng = Engine(c, model, Metrics(CollectorRegistry()), events.append)  # type: ignore[arg-type]
+    for k in range(0, v.size, 5):
+        rows = [Reading("a", 1.0 + i, float(v[i])) for i in range(k, min(k + 5, v.size))]
+        eng.process([(rows, 0.0)], now=rows[-1].ts)
+    return events
+
+
+def test_protected_adaptation_follows_drift_but_never_learns_from_flagged_readings() -> None:
+    """learning.follow_half_life: a slow drift moves the normal level along; readings judged
+    anomalous, readings while an alert is raised and the guard after them never do."""
+    learning = {"warmup": 500, "follow_half_life": 30, "follow_guard": 50}
+    alerts = {"confirm_s": 0.0, "clear_m": 5, "clear_hold_s": 0}
+    margin = {"margin": 3.0}  # no raise on the noise itself: only the drift counts
+    c = from_mapping({"learning": learning, "alerts": alerts, "threshold": margin})
+    off = from_mapping(
+        {"learning": learning | {"follow_half_life": 0}, "alerts": alerts, "threshold": margin}
+    )
+    n = 4000
+    drift = _noise(n, 2) + np.concatenate([np.zeros(500), np.linspace(0.0, 1.0, n - 500)])
+    assert [e for e in _in_small_batches(off, fresh_model(off), drift) if e.state == "raised"]
+    model = fresh_model(c)
+    assert not [e for e in _in_small_batches(c, model, drift) if e.state == "raised"]
+    assert model.detector.parts(["a"], drift[-20:][None, :])[0, 1] < 1.0  # level followed
+    # A lasting fault: raised once and it stays raised, for its level is never learned.
+    shifted = _noise(3000, 3)
+    shifted[1000:] += 3.0
+    model = fresh_model(c)
+    events = _in_small_batches(c, model, shifted)
+    assert [e.state for e in events] == ["raised"]
+    assert model.detector.parts(["a"], shifted[-20:][None, :])[0, 1] > 10.0
+
+
+def test_the_robust_detector_follows_only_the_readings_it_is_given() -> None:
+    from streamwatch.config import RobustConfig
+    from streamwatch.detectors.robust import RobustDetector
+
+    det = RobustDetector(RobustConfig(), 20)
+    det.adapt("a", _noise(500, 4))
+    det.adapt("b", _noise(500, 5))
+    before = det._sensor_state()
+    det.follow(["a", "a"], np.array([6.0, float("nan")]), 0.5)
+    after = det._sensor_state()
+    assert after["b"] == before["b"]
+    assert after["a"]["loc"] == pytest.approx(before["a"]["loc"] + 0.5 * (6.0 - before["a"]["loc"]))
+    assert after["a"]["s"] == before["a"]["s"]  # spreads and scales stay as learned

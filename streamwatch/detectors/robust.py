@@ -114,6 +114,28 @@ class RobustDetector(Detector):
         }
         self._table.set(sensor, **scales)
 
+    def follow(self, sensors: Sequence[str], values: np.ndarray, rate: float) -> None:
+        """Move each sensor's normal level (``loc``) a fraction ``rate`` toward its reading:
+        slow drift of a thermocouple is followed, not alarmed on. The spreads and part
+        scales stay as learned, so a fast change still scores as far out as before."""
+        if not len(sensors):
+            return
+        rows, loc = self._table.rows(sensors), self._table.cols["loc"]
+        v = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(v)
+        if not ok.all():
+            rows, v = rows[ok], v[ok]
+        if np.unique(rows).size == rows.size:
+            loc[rows] += rate * (v - loc[rows])
+            return
+        # A sensor with several readings in the batch: the same running mean, in order.
+        keep = 1.0 - rate
+        for r in np.unique(rows):
+            mine = v[rows == r]
+            m = mine.size
+            weights = rate * keep ** np.arange(m - 1, -1, -1, dtype=np.float64)
+            loc[r] = keep**m * loc[r] + float(weights @ mine)
+
     def forget(self, sensor: str) -> None:
         """Free the sensor's baseline (its row is reused by the next new sensor)."""
         self._table.forget(sensor)

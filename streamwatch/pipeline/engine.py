@@ -61,6 +61,9 @@ class Engine:
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
         self._outage_sensors = cfg.learning.feed_outage_sensors
+        half_life = cfg.learning.follow_half_life
+        self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
+        self._follow_guard = cfg.learning.follow_guard
         self._feed_last = -math.inf
         """The newest timestamp of any accepted reading."""
         self._outage = (math.inf, -math.inf)
@@ -233,13 +236,21 @@ class Engine:
         raised_rows: list[tuple[int, int]] = []  # (event index, row index)
         life = self.lifecycle
         learn = life.collecting
+        follow: list[int] = []  # rows normal enough to adapt to
+        guard = self._follow_guard
         for i, st in enumerate(states):
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
             change = alert.update(bool(verdicts[i]), ends[i], bool(gaps[i]))
+            if verdicts[i]:
+                st.quiet = 0
+            else:
+                st.quiet += 1
+                if st.quiet > guard and not alert.raised:
+                    follow.append(i)
             if learn:  # auto-training learns only from readings judged normal, outside alerts
-                life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
+                life.collect_scored(sensors[i], float(x[i, -1]), not (verdicts[i] or alert.raised))
             if change is None:
                 continue
             state, alert_id = change
@@ -270,6 +281,10 @@ class Engine:
             )
         if raised_rows:
             self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
+        if follow and self._follow_rate:
+            # Protected adaptation: only verdicts judged normal, outside an alert and clear
+            # of the last anomalous one by the guard, ever move the normal level.
+            det.follow([sensors[i] for i in follow], x[follow, -1], self._follow_rate)
         self.metrics.windows_scored.inc(len(sensors))
         done = time.time()
         self.metrics.latency.observe(done - arrivals)
