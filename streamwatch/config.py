@@ -365,6 +365,15 @@ class LearningConfig(_Strict):
         ge=0,
         description="Readings after an anomalous verdict before adaptation resumes.",
     )
+    lasting_s: float = Field(
+        43200.0,
+        ge=0,
+        description="A lasting change: an alert still anomalous this many seconds after it "
+        "was raised is cleared with reason 'rebaselined' and the sensor's normal level is "
+        "re-learned from its latest window (one alert per lasting shift, not one a refractory "
+        "period), if the window is normal at the new level; otherwise the alert holds. 0: "
+        "every alert holds, raised until the signal returns.",
+    )
 
 
 class EngineConfig(_Strict):

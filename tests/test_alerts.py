@@ -134,3 +134,25 @@ def test_a_forced_verdict_raises_alone_but_respects_the_refractory() -> None:
     assert change is not None and change[0] == RAISED
     assert a.update(False, 2.0) is not None  # cleared
     assert a.update(True, 3.0, forced=True) is None  # within the refractory period
+
+
+def test_end_clears_at_once_and_returns_the_id() -> None:
+    a = AlertState(k=1, n=1, m=100)
+    change = a.update(True, 1.0)
+    assert change is not None
+    assert a.end() == change[1] and not a.raised
+    ev = AlertEvent(
+        "s",
+        CLEARED,
+        2.0,
+        1.0,
+        1.0,
+        "robust",
+        1.0,
+        2.0,
+        change[1],
+        reason="rebaselined",
+        baseline={"from": 1.0, "to": float("nan")},
+    )
+    doc = json.loads(ev.payload())
+    assert doc["reason"] == "rebaselined" and doc["baseline"] == {"from": 1.0, "to": None}

@@ -377,3 +377,37 @@ def test_the_robust_detector_follows_only_the_readings_it_is_given() -> None:
     assert after["b"] == before["b"]
     assert after["a"]["loc"] == pytest.approx(before["a"]["loc"] + 0.5 * (6.0 - before["a"]["loc"]))
     assert after["a"]["s"] == before["a"]["s"]  # spreads and scales stay as learned
+
+
+def test_a_lasting_shift_raises_once_then_rebaselines_and_says_so() -> None:
+    """learning.lasting_s: a level shift still anomalous after lasting_s is one alert, cleared
+    with reason 'rebaselined' and the level before and after; the new level is then normal."""
+    c = from_mapping(
+        {"learning": {"warmup": 500, "lasting_s": 300.0}, "threshold": {"margin": 3.0}}
+    )
+    v = _noise(3000, 8)
+    v[1000:] += 3.0
+    events = replay(c, fresh_model(c), {"a": (np.arange(3000, dtype=float), v)})
+    assert [(e.state, e.reason) for e in events] == [("raised", None), ("cleared", "rebaselined")]
+    raised, cleared = events
+    assert raised.alert_id == cleared.alert_id
+    assert cleared.ts - raised.ts >= 300.0
+    doc = cleared.to_json()
+    assert doc["reason"] == "rebaselined"
+    assert doc["baseline"]["from"] == pytest.approx(5.0, abs=0.05)
+    assert doc["baseline"]["to"] == pytest.approx(8.0, abs=0.1)
+    hold = from_mapping({"learning": {"warmup": 500, "lasting_s": 0}, "threshold": {"margin": 3.0}})
+    events = replay(hold, fresh_model(hold), {"a": (np.arange(3000, dtype=float), v)})
+    assert [e.state for e in events] == ["raised"]  # 0: the alert holds
+
+
+def test_a_lasting_change_that_is_not_of_level_holds() -> None:
+    """Lasting noise is not a new normal level: re-baselining would not make it normal, so
+    the alert holds (stays raised, one alert) rather than clear and raise again."""
+    c = from_mapping(
+        {"learning": {"warmup": 500, "lasting_s": 300.0}, "threshold": {"margin": 3.0}}
+    )
+    v = _noise(3000, 9)
+    v[1000:] += np.random.default_rng(10).normal(0, 2.0, 2000)
+    events = replay(c, fresh_model(c), {"a": (np.arange(3000, dtype=float), v)})
+    assert [e.state for e in events] == ["raised"]

@@ -136,6 +136,18 @@ class RobustDetector(Detector):
             weights = rate * keep ** np.arange(m - 1, -1, -1, dtype=np.float64)
             loc[r] = keep**m * loc[r] + float(weights @ mine)
 
+    def rebaseline(self, sensor: str, window: np.ndarray) -> tuple[float, float] | None:
+        """Take the median of ``window`` as the sensor's normal level (spreads and scales
+        stay as learned); returns the level (before, after)."""
+        w = np.asarray(window, dtype=np.float64)
+        w = w[np.isfinite(w)]
+        if not w.size or sensor not in self._table:
+            return None
+        row = self._table.row(sensor)
+        loc = self._table.cols["loc"]
+        before, loc[row] = float(loc[row]), float(np.median(w))
+        return before, float(loc[row])
+
     def forget(self, sensor: str) -> None:
         """Free the sensor's baseline (its row is reused by the next new sensor)."""
         self._table.forget(sensor)

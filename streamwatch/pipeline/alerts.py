@@ -46,7 +46,10 @@ class AlertEvent:
     parts: dict[str, float] | None = None
     """For a combined score: each part's share of the threshold (1.0 = at it)."""
     reason: str | None = None
-    """Why a transition happened other than by verdicts (``evicted``: the sensor went)."""
+    """Why a transition happened other than by verdicts (``evicted``: the sensor went;
+    ``rebaselined``: a lasting change became the sensor's new normal level)."""
+    baseline: dict[str, float] | None = None
+    """With ``rebaselined``: the normal level before and after (``from``, ``to``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -67,6 +70,8 @@ class AlertEvent:
             doc["parts"] = self.parts
         if self.reason is not None:
             doc["reason"] = self.reason
+        if self.baseline is not None:
+            doc["baseline"] = {k: _finite(v) for k, v in self.baseline.items()}
         return doc
 
     def payload(self) -> bytes:
@@ -140,6 +145,11 @@ class AlertState:
             cleared, self.alert_id, self.history = self.alert_id, None, 0
             return CLEARED, cleared
         return None
+
+    def end(self) -> str | None:
+        """Clear the alert now, not by verdicts (a lasting change re-baselined); its id."""
+        cleared, self.alert_id, self.history, self.normal_run = self.alert_id, None, 0, 0
+        return cleared
 
     def restore(self, alert_id: str | None) -> None:
         """Resume an alert that was raised before a restart (so it is not raised twice)."""

@@ -64,6 +64,7 @@ class Engine:
         half_life = cfg.learning.follow_half_life
         self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
         self._follow_guard = cfg.learning.follow_guard
+        self._lasting_s = cfg.learning.lasting_s
         self._feed_last = -math.inf
         """The newest timestamp of any accepted reading."""
         self._outage = (math.inf, -math.inf)
@@ -238,7 +239,11 @@ class Engine:
         learn = life.collecting
         follow: list[int] = []  # rows normal enough to adapt to
         guard = self._follow_guard
+        rebased: set[str] = set()  # re-baselined in this batch: later windows scored anew
         for i, st in enumerate(states):
+            if rebased and sensors[i] in rebased:
+                scores[i] = det.score([sensors[i]], x[i : i + 1])[0]
+                verdicts[i] = scores[i] > thr[i] or gaps[i]
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
@@ -251,12 +256,31 @@ class Engine:
                     follow.append(i)
             if learn:  # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not (verdicts[i] or alert.raised))
+            if (
+                change is None
+                and self._lasting_s
+                and verdicts[i]
+                and alert.raised
+                and ends[i] - st.raised_at >= self._lasting_s
+            ):
+                if raised_rows:  # explained at the level they were raised at
+                    self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
+                    raised_rows = []
+                start = float(stamps[i][0]) if stamps else ends[i]
+                ev = self._rebaseline(
+                    det, sensors[i], st, x[i], float(scores[i]), float(thr[i]), start, ends[i]
+                )
+                if ev is not None:
+                    events.append(ev)
+                    rebased.add(sensors[i])
+                continue
             if change is None:
                 continue
             state, alert_id = change
             self._raised_changed = True
             if state == RAISED:
                 self.raised[sensors[i]] = alert_id
+                st.raised_at = ends[i]
                 series.raised += 1
                 series.active = 1
                 raised_rows.append((len(events), i))
@@ -292,6 +316,54 @@ class Engine:
         for ev in events:
             self.sink(ev)
         return events
+
+    def _rebaseline(
+        self,
+        det: Detector,
+        sensor: str,
+        st: SensorState,
+        window: np.ndarray,
+        score: float,
+        threshold: float,
+        start: float,
+        ts: float,
+    ) -> AlertEvent | None:
+        """A lasting change (``learning.lasting_s``): the shift became the sensor's normal.
+        Its level is re-learned from the latest window and the alert cleared, saying so
+        (``reason: rebaselined``, the level before and after), if the window is normal at the
+        new level. Otherwise (not a change of level alone), or where the detector has no
+        level to move, the alert holds: it stays raised until the signal returns."""
+        moved = det.rebaseline(sensor, window)
+        if moved is not None and det.score([sensor], window[None, :])[0] > threshold:
+            # Not a change of level alone (its spread or movement is off too): put the
+            # level back; re-baselining would only raise again.
+            det.rebaseline(sensor, np.array([moved[0]]))
+            moved = None
+        if moved is None:
+            st.raised_at = math.inf  # holds: asked once per alert
+            return None
+        alert_id = st.alert.end()
+        assert alert_id is not None
+        self.raised.pop(sensor, None)
+        self._raised_changed = True
+        st.series.cleared += 1
+        st.series.active = 0
+        st.quiet = 0
+        st.raised_at = math.inf
+        log.info("sensor %s: lasting change, normal level %.6g -> %.6g", sensor, *moved)
+        return AlertEvent(
+            sensor,
+            CLEARED,
+            ts,
+            float(score),
+            float(threshold),
+            det.name,
+            start,
+            ts,
+            alert_id,
+            reason="rebaselined",
+            baseline={"from": moved[0], "to": moved[1]},
+        )
 
     def _explain(
         self,

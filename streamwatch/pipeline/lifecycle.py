@@ -75,6 +75,8 @@ class SensorState:
     """The sensor's median interval between readings, once learned."""
     quiet: int = 0
     """Verdicts since the last anomalous one (protected adaptation waits for a clear run)."""
+    raised_at: float = math.inf
+    """When the sensor's alert was raised (a lasting change is measured from it)."""
 
 
 class SensorLifecycle:
