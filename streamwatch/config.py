@@ -340,6 +340,12 @@ class LearningConfig(_Strict):
     auto_train_readings: int = Field(
         2000, ge=100, description="Readings per sensor before auto-training starts."
     )
+    auto_train_retries: int = Field(
+        2,
+        ge=0,
+        description="An auto-trained model refused for ending on the plateau: collect again, "
+        "each time twice the readings of the last, and retry, at most this many times.",
+    )
     gap_factor: float = Field(
         3.0,
         ge=0,

@@ -411,3 +411,35 @@ def test_a_lasting_change_that_is_not_of_level_holds() -> None:
     v[1000:] += np.random.default_rng(10).normal(0, 2.0, 2000)
     events = replay(c, fresh_model(c), {"a": (np.arange(3000, dtype=float), v)})
     assert [e.state for e in events] == ["raised"]
+
+
+def test_a_refused_auto_training_collects_afresh_and_retries_a_bounded_number_of_times() -> None:
+    """learning.auto_train_retries: after the trained model is refused (it ended on the
+    plateau), the engine collects twice the readings afresh and hands them over again, at
+    most auto_train_retries times, counting each retry."""
+    c = from_mapping(
+        {
+            "detector": {"type": "lstm-vae"},
+            "learning": {"warmup": 100, "auto_train_readings": 100, "auto_train_retries": 1},
+        }
+    )
+    handed: list[int] = []
+    reg = CollectorRegistry()
+    eng = Engine(
+        c, fresh_model(c), Metrics(reg), lambda ev: None, lambda d: handed.append(d["a"].size)
+    )
+    v = _noise(1000, 11)
+
+    def feed(a: int, b: int) -> None:
+        eng.process([([Reading("a", 1.0 + i, float(v[i])) for i in range(a, b)], 0.0)], now=b)
+
+    feed(0, 150)
+    assert handed == [100] and not eng.learning
+    eng.request_recollect()  # as the daemon does when it refuses the model
+    feed(150, 500)
+    assert handed == [100, 200]
+    assert reg.get_sample_value("streamwatch_auto_train_retries_total") == 1
+    eng.request_recollect()  # no retries left: the stand-in carries on
+    feed(500, 1000)
+    assert handed == [100, 200] and not eng.learning
+    assert reg.get_sample_value("streamwatch_auto_train_retries_total") == 1

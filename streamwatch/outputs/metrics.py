@@ -156,6 +156,11 @@ class Metrics:
             ["detector", "config_hash", "source"],
             registry=registry,
         )
+        self.auto_train_retries = Counter(
+            "streamwatch_auto_train_retries",
+            "Auto-trainings retried on freshly collected data after one ended on the plateau",
+            registry=registry,
+        )
         self.model_on_plateau = Gauge(
             "streamwatch_model_on_plateau",
             "1 when the model in use, or the last auto-trained one (then not swapped in), "

@@ -55,6 +55,7 @@ class Engine:
         self.sink = sink
         self._pending: Model | None = None
         self._pending_lock = threading.Lock()
+        self._recollect = False
         self.raised: dict[str, str] = dict(raised or {})
         """Sensor -> alert id of every raised alert (persisted by the daemon)."""
         self._raised_changed = False
@@ -113,9 +114,18 @@ class Engine:
         with self._pending_lock:
             self._pending = model
 
+    def request_recollect(self) -> None:
+        """Auto-train again on fresh data before the next batch (thread-safe): the trained
+        model was refused (see :meth:`SensorLifecycle.recollect`)."""
+        with self._pending_lock:
+            self._recollect = True
+
     def _apply_swap(self) -> None:
         with self._pending_lock:
             new, self._pending = self._pending, None
+            again, self._recollect = self._recollect, False
+        if again:
+            self.lifecycle.recollect()
         if new is None:
             return
         old = self.detector

@@ -106,6 +106,8 @@ class SensorLifecycle:
         self._pool: ThreadPoolExecutor | None = None
         self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
         self._collect: dict[str, list[float]] | None = None
+        self._collect_target = cfg.learning.auto_train_readings
+        self._retries_left = cfg.learning.auto_train_retries
         self.version = 0
         """Counts changes to what the model holds (sensors learned, forgotten, a swap)."""
         if needs_stand_in(model, cfg) and on_training_data is not None:
@@ -307,7 +309,7 @@ class SensorLifecycle:
         if buf is None:
             buf = self._collect[sensor] = []
         buf.append(value)
-        train_after = self.cfg.learning.auto_train_readings
+        train_after = self._collect_target
         if len(buf) < train_after:
             return
         enough = train_after // 2
@@ -320,6 +322,31 @@ class SensorLifecycle:
         )
         assert self.on_training_data is not None
         self.on_training_data(data)
+
+    def recollect(self) -> bool:
+        """The auto-trained model was refused (its training ended on the plateau): collect
+        twice as many readings afresh and train again, while retries
+        (``learning.auto_train_retries``) last. True if collecting again."""
+        if self._collect is not None or self.on_training_data is None:
+            return False
+        if self._retries_left <= 0:
+            log.warning(
+                "auto-training gave no usable model after %d retries; the %s stand-in "
+                "carries on (train one with `streamwatch train` and set model_dir)",
+                self.cfg.learning.auto_train_retries,
+                self.model.name,
+            )
+            return False
+        self._retries_left -= 1
+        self._collect_target *= 2
+        self._collect = {}
+        self.metrics.auto_train_retries.inc()
+        log.warning(
+            "auto-training retried: collecting %d readings per sensor afresh (%d retries left)",
+            self._collect_target,
+            self._retries_left,
+        )
+        return True
 
     def evicted(
         self, gone: Iterable[tuple[str, SensorState | None]], tracked: Callable[[str], bool]
