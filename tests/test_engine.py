@@ -323,6 +323,10 @@ def test_a_silence_of_the_whole_feed_is_an_outage_not_a_dropout() -> None:
         alone[s] = (1.7e9 + np.arange(1560, dtype=float), _noise(1560, ord(s)))
     raised = [e for e in replay(c, fresh_model(c), alone) if e.state == "raised"]
     assert [(e.sensor, e.parts and e.parts.get("gap")) for e in raised] == [("a", 1.0)]
+    # A sensor that stopped long ago is no feed going quiet together: a dropout still.
+    dead = {"a": data["a"], "b": (1.7e9 + np.arange(600, dtype=float), _noise(600, 12))}
+    raised = [e for e in replay(c, fresh_model(c), dead) if e.state == "raised"]
+    assert [(e.sensor, e.parts and e.parts.get("gap")) for e in raised] == [("a", 1.0)]
     off = from_mapping({"learning": {"warmup": 500, "feed_outage_sensors": 0}, **quiet})
     raised = [e for e in replay(off, fresh_model(off), data) if e.state == "raised"]
     assert sorted(e.sensor for e in raised) == ["a", "b", "c"]

@@ -205,13 +205,14 @@ class Engine:
 
     def _feed_silent(self, prev: float, ts: float, slack: float) -> bool:
         """Whether a sensor's silence from ``prev`` to ``ts`` was the whole feed's: no sensor
-        reported in it (give or take ``slack``, the sensor's own allowance). A logger pause or
+        reported in it (give or take ``slack``, the sensor's own allowance), and at least
+        ``learning.feed_outage_sensors`` had been reporting until then. A logger pause or
         a network outage silences every sensor at once; it is logged and counted once
         (``streamwatch_feed_outages_total``), not raised as a dropout on every sensor. A
         sensor that alone goes quiet while others report is still a dropout."""
         if not self._outage_sensors or len(self.windows) < self._outage_sensors:
             return False
-        if self._feed_last <= prev + slack:  # nobody reported since this sensor last did
+        if self._feed_last <= prev + slack and self._fell_silent(prev, slack):
             self._outage = (self._feed_last, ts)
             self.metrics.feed_outages.inc()
             log.warning(
@@ -222,6 +223,18 @@ class Engine:
             return True
         first, last = self._outage
         return first <= prev + slack and last >= ts - slack
+
+    def _fell_silent(self, prev: float, slack: float) -> bool:
+        """Whether enough sensors (``learning.feed_outage_sensors``, this one included) were
+        reporting until this sensor fell silent: sensors silent long before are not a feed
+        that went quiet together. Only asked at a gap, so a scan of the sensors is cheap."""
+        n = 0
+        for sw in self.windows.sensors.values():
+            if sw.last_ts >= prev - slack:
+                n += 1
+                if n >= self._outage_sensors:
+                    return True
+        return False
 
     def _score(
         self,
