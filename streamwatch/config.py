@@ -274,8 +274,8 @@ class GMMConfig(_DetectorBase):
 
 
 class RobustConfig(_DetectorBase):
-    """Robust per-sensor baseline; score = the worst of four two-sided deviation ratios
-    (point, level, spread, jump) against the largest each took on normal data."""
+    """Robust per-sensor baseline; score = the worst of five deviation ratios (point, level,
+    spread, jump, stuck) against the largest each took on normal data."""
 
     type: Literal["robust"] = "robust"
     span: int = Field(
@@ -292,6 +292,12 @@ class RobustConfig(_DetectorBase):
         gt=0,
         description="Least scale of the spread part, |log(sd/sd0)|: with margin 1.5, a "
         "factor e^0.5 = 1.65 up or down.",
+    )
+    min_scale_stuck: float = Field(
+        4.0,
+        gt=0,
+        description="Least scale of the stuck part, in repeated readings: with margin 1.5, "
+        "a sensor that never repeated a value is stuck after 7 equal readings in a row.",
     )
     min_mean_spread: float = Field(
         0.3,

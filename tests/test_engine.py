@@ -236,7 +236,7 @@ def test_robust_default_flags_a_flatline_as_too_little_movement() -> None:
     assert c.detector.type == "robust"
     events = [e for e in _feed(c, v) if e.state == "raised"]
     assert len(events) == 1 and 1.7e9 + 2000 <= events[0].ts <= 1.7e9 + 2020
-    assert events[0].parts is not None and events[0].parts["spread"] > 1.0
+    assert events[0].parts is not None and events[0].parts["stuck"] > 1.0
 
 
 def test_a_reading_after_a_long_gap_is_a_dropout() -> None:
