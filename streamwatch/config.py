@@ -226,9 +226,10 @@ class AlertConfig(_Strict):
     confirm_s: float = Field(
         10.0,
         ge=0,
-        description="A sensor whose normal interval lets 2 more readings come within this "
-        "many seconds raises only on 2 anomalous verdicts of its last 3 (a dropout still "
-        "raises alone); slower sensors raise on raise_k of raise_n. 0 turns it off.",
+        description="Window detectors: a sensor whose normal interval lets 2 more readings "
+        "come within this many seconds raises only on 2 anomalous verdicts of its last 3 (a "
+        "dropout still raises alone); slower sensors, and per-reading detectors, raise on "
+        "raise_k of raise_n. 0 turns it off.",
     )
 
     @model_validator(mode="after")

@@ -287,22 +287,27 @@ def _noise(n: int, seed: int) -> np.ndarray:
 
 
 def test_a_fast_sensor_confirms_a_raise_and_a_slow_one_does_not() -> None:
-    """alerts.confirm_s: one anomalous reading of a 1 Hz sensor raises nothing; two within
-    three readings raise; a 5-minute sensor raises on its one anomalous reading."""
-    c = cfg()
-    on = cfg(alerts={"confirm_s": 10.0})
+    """alerts.confirm_s: a 1 Hz sensor scored by windows raises on 2 anomalous verdicts of its
+    last 3, a 5-minute one on 1; a per-reading detector, which sees a one-reading spike once,
+    is not asked to confirm."""
+    robust = cfg(detector={"type": "robust"}, alerts={"confirm_s": 10.0})
     v = _noise(800, 1)
-    v[600] += 5.0  # one reading
-    fast = np.arange(800, dtype=float)
-    assert [e.state for e in replay(c, fresh_model(c), {"a": (fast, v)})] == ["raised", "cleared"]
-    assert replay(on, fresh_model(on), {"a": (fast, v)}) == []
-    two = v.copy()
-    two[602] += 5.0
-    events = replay(on, fresh_model(on), {"a": (fast, two)})
-    assert events[0].state == "raised" and events[0].ts == 602.0
-    slow = 300.0 * fast
-    events = replay(on, fresh_model(on), {"a": (slow, v)})
-    assert events[0].state == "raised" and events[0].ts == 600 * 300.0
+
+    def rule(c: Config, step: float) -> tuple[int, int]:
+        eng = Engine(c, fresh_model(c), Metrics(CollectorRegistry()), lambda ev: None)
+        eng.process([([Reading("a", step * i, float(v[i])) for i in range(600)], 0.0)], now=0.0)
+        alert = eng.windows.sensors["a"].state.alert
+        return alert.k, alert.n
+
+    assert rule(robust, 1.0) == (2, 3)
+    assert rule(robust, 300.0) == (1, 1)
+    assert rule(cfg(detector={"type": "robust"}, alerts={"confirm_s": 0.0}), 1.0) == (1, 1)
+    gaussian = cfg(alerts={"confirm_s": 10.0})
+    assert rule(gaussian, 1.0) == (1, 1)
+    spike = v.copy()
+    spike[600] += 5.0  # one reading: one anomalous verdict of the Gaussian, and it raises
+    events = replay(gaussian, fresh_model(gaussian), {"a": (np.arange(800.0), spike)})
+    assert events[0].state == "raised" and events[0].ts == 600.0
 
 
 def test_a_silence_of_the_whole_feed_is_an_outage_not_a_dropout() -> None:

@@ -9,7 +9,8 @@ clear, no new alert is raised for ``refractory`` verdicts counted from the last 
 noisy stretch that flickers around its threshold costs one alert, not one a minute. Counts are
 in verdicts (readings), not seconds, so the rule means the same at 1 Hz and at 5 minutes.
 
-*Confirmation* (``alerts.confirm_s``): a sensor fast enough that a second look costs little
+*Confirmation* (``alerts.confirm_s``, window detectors): a sensor fast enough that a second
+look costs little
 (2 intervals within ``confirm_s``) raises only on 2 anomalous verdicts of its last 3 (or its
 configured k of n, if stricter): one noisy reading of a 1 Hz accelerometer is not worth
 an operator's attention, while a 5-minute sensor keeps raising on one verdict, since waiting

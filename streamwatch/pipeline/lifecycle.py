@@ -182,12 +182,18 @@ class SensorLifecycle:
 
     def _cadence_learned(self, st: SensorState) -> None:
         """The sensor's first ``warmup`` intervals are in: set its gap limit, and ask a fast
-        sensor to confirm a raise (see :mod:`streamwatch.pipeline.alerts`)."""
+        sensor to confirm a raise (see :mod:`streamwatch.pipeline.alerts`) where windows are
+        scored: a window detector sees a one-reading spike in two windows at least (the jump
+        up and back), a per-reading detector in one verdict only."""
         if self._gap_factor > 0:
             st.gap_limit = self._gap_factor * st.max_dt
         st.cadence = float(np.median(st.dts))
         st.dts = []
-        if self._confirm_s > 0 and 2.0 * st.cadence <= self._confirm_s:
+        if (
+            self._confirm_s > 0
+            and 2.0 * st.cadence <= self._confirm_s
+            and self.model.detector.kind == "window"  # a reading detector sees a spike once
+        ):
             st.alert.confirm(2, 3)
 
     # -- warm-up --------------------------------------------------------------------------
