@@ -9,6 +9,12 @@ One thread owns all of this state, so it needs no locks. Per drained batch it:
 3. compares each score with its sensor's calibrated threshold;
 4. feeds the verdicts to the sensors' alert state machines;
 5. hands the transitions to a sink (MQTT in the daemon, a list in replay).
+
+Beside the verdicts it keeps the learning that must see them: protected adaptation
+(``learning.follow_half_life``: only readings judged normal, outside and clear of alerts,
+move a sensor's level), lasting changes (``learning.lasting_s``: re-baseline, or hold) and
+feed outages (:mod:`streamwatch.pipeline.feed`). (Over 400 lines, knowingly: these sit in
+the verdict loop; the re-baselining is the next candidate to move out.)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from streamwatch.detectors.base import Detector
 from streamwatch.detectors.bundle import Model
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.feed import FeedWatch
 from streamwatch.pipeline.handoff import Item, Queued
 from streamwatch.pipeline.lifecycle import SensorLifecycle, SensorState
 from streamwatch.pipeline.windows import Windows
@@ -61,15 +68,11 @@ class Engine:
         self._raised_changed = False
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
-        self._outage_sensors = cfg.learning.feed_outage_sensors
+        self.feed = FeedWatch(cfg.learning.feed_outage_sensors, metrics.feed_outages)
         half_life = cfg.learning.follow_half_life
         self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
         self._follow_guard = cfg.learning.follow_guard
         self._lasting_s = cfg.learning.lasting_s
-        self._feed_last = -math.inf
-        """The newest timestamp of any accepted reading."""
-        self._outage = (math.inf, -math.inf)
-        """The latest silence of the whole feed, (last reading before, first after)."""
 
     @property
     def model(self) -> Model:
@@ -174,9 +177,10 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
-                gap = dt > st.gap_limit and not self._feed_silent(r.ts - dt, r.ts, st.gap_limit)
-                if r.ts > self._feed_last:
-                    self._feed_last = r.ts
+                gap = dt > st.gap_limit and not self.feed.silent(
+                    r.ts - dt, r.ts, st.gap_limit, (w.last_ts for w in windows.sensors.values())
+                )
+                self.feed.saw(r.ts)
                 if life.observe(r.sensor, st, r.value, dt) and due:
                     sensors.append(r.sensor)
                     states.append(st)
@@ -202,39 +206,6 @@ class Engine:
         # scored with the state it had (issue 12, item 1: it raised KeyError, losing the batch).
         self._evicted()
         return events
-
-    def _feed_silent(self, prev: float, ts: float, slack: float) -> bool:
-        """Whether a sensor's silence from ``prev`` to ``ts`` was the whole feed's: no sensor
-        reported in it (give or take ``slack``, the sensor's own allowance), and at least
-        ``learning.feed_outage_sensors`` had been reporting until then. A logger pause or
-        a network outage silences every sensor at once; it is logged and counted once
-        (``streamwatch_feed_outages_total``), not raised as a dropout on every sensor. A
-        sensor that alone goes quiet while others report is still a dropout."""
-        if not self._outage_sensors or len(self.windows) < self._outage_sensors:
-            return False
-        if self._feed_last <= prev + slack and self._fell_silent(prev, slack):
-            self._outage = (self._feed_last, ts)
-            self.metrics.feed_outages.inc()
-            log.warning(
-                "no sensor reported for %.1f s (until %.3f): a feed outage, not a dropout",
-                ts - self._feed_last,
-                ts,
-            )
-            return True
-        first, last = self._outage
-        return first <= prev + slack and last >= ts - slack
-
-    def _fell_silent(self, prev: float, slack: float) -> bool:
-        """Whether enough sensors (``learning.feed_outage_sensors``, this one included) were
-        reporting until this sensor fell silent: sensors silent long before are not a feed
-        that went quiet together. Only asked at a gap, so a scan of the sensors is cheap."""
-        n = 0
-        for sw in self.windows.sensors.values():
-            if sw.last_ts >= prev - slack:
-                n += 1
-                if n >= self._outage_sensors:
-                    return True
-        return False
 
     def _score(
         self,
