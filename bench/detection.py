@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Produced by `{cmd}` at commit {_commit()}: detector `{cfg.detector.type}`, window "
         f"{cfg.windows.length}, false-alarm rate {cfg.threshold.false_alarm_rate:g}, alerts "
-        f"{cfg.alerts.raise_k} of {cfg.alerts.raise_n}, cleared after {cfg.alerts.clear_m}.",
+        f"{cfg.alerts.raise_k} of {cfg.alerts.raise_n} (2 of 3 where 2 more readings come "
+        f"within alerts.confirm_s = {cfg.alerts.confirm_s:g} s), cleared after "
+        f"{cfg.alerts.clear_m}; feed outages over {cfg.learning.feed_outage_sensors} sensors; "
+        f"protected adaptation half-life {cfg.learning.follow_half_life} readings (0 = off); "
+        f"lasting changes re-baselined after {cfg.learning.lasting_s:g} s (0 = hold).",
         "",
         "Protocols: **warmup**, the engine learns each sensor from its own training readings; "
         "**train**, one model fitted by `fit_calibrated` on every sensor's training readings "

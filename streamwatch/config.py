@@ -253,6 +253,14 @@ class AlertConfig(_Strict):
         ge=0,
         description="No new raise within this many verdicts (readings) of the last raise.",
     )
+    confirm_s: float = Field(
+        10.0,
+        ge=0,
+        description="Window detectors: a sensor whose normal interval lets 2 more readings "
+        "come within this many seconds raises only on 2 anomalous verdicts of its last 3 (a "
+        "dropout still raises alone); slower sensors, and per-reading detectors, raise on "
+        "raise_k of raise_n. 0 turns it off.",
+    )
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertConfig:
@@ -297,8 +305,8 @@ class GMMConfig(_DetectorBase):
 
 
 class RobustConfig(_DetectorBase):
-    """Robust per-sensor baseline; score = the worst of four two-sided deviation ratios
-    (point, level, spread, jump) against the largest each took on normal data."""
+    """Robust per-sensor baseline; score = the worst of five deviation ratios (point, level,
+    spread, jump, stuck) against the largest each took on normal data."""
 
     type: Literal["robust"] = "robust"
     span: int = Field(
@@ -315,6 +323,12 @@ class RobustConfig(_DetectorBase):
         gt=0,
         description="Least scale of the spread part, |log(sd/sd0)|: with margin 1.5, a "
         "factor e^0.5 = 1.65 up or down.",
+    )
+    min_scale_stuck: float = Field(
+        4.0,
+        gt=0,
+        description="Least scale of the stuck part, in repeated readings: with margin 1.5, "
+        "a sensor that never repeated a value is stuck after 7 equal readings in a row.",
     )
     min_mean_spread: float = Field(
         0.3,
@@ -463,11 +477,45 @@ class LearningConfig(_Strict):
     auto_train_readings: int = Field(
         2000, ge=100, description="Readings per sensor before auto-training starts."
     )
+    auto_train_retries: int = Field(
+        2,
+        ge=0,
+        description="An auto-trained model refused for ending on the plateau: collect again, "
+        "each time twice the readings of the last, and retry, at most this many times.",
+    )
     gap_factor: float = Field(
         3.0,
         ge=0,
         description="A reading after a gap longer than this many times the longest interval "
         "in the sensor's first `warmup` readings is anomalous (a dropout); 0 turns it off.",
+    )
+    feed_outage_sensors: int = Field(
+        2,
+        ge=0,
+        description="A silence in which no sensor of the feed reported at all is a feed "
+        "outage (logger, network, broker): logged and counted once, not a dropout alert on "
+        "every sensor. Needs at least this many sensors tracked; 0 turns it off.",
+    )
+    follow_half_life: int = Field(
+        0,
+        ge=0,
+        description="Protected adaptation: a sensor's normal level follows slow drift with "
+        "this half-life in readings, learning only from readings judged normal, outside an "
+        "alert and `follow_guard` readings clear of any anomalous verdict; 0 turns it off.",
+    )
+    follow_guard: int = Field(
+        60,
+        ge=0,
+        description="Readings after an anomalous verdict before adaptation resumes.",
+    )
+    lasting_s: float = Field(
+        43200.0,
+        ge=0,
+        description="A lasting change: an alert still anomalous this many seconds after it "
+        "was raised is cleared with reason 'rebaselined' and the sensor's normal level is "
+        "re-learned from its latest window (one alert per lasting shift, not one a refractory "
+        "period), if the window is normal at the new level; otherwise the alert holds. 0: "
+        "every alert holds, raised until the signal returns.",
     )
 
 

@@ -335,14 +335,16 @@ class Daemon:
             log.warning(
                 "auto-trained %s ended on the plateau (val_loss %s, plateau level %s, %s "
                 "steps): it would score like a per-reading Gaussian, so it is not swapped in "
-                "and the stand-in carries on; train one with `streamwatch train` on more "
-                "data and set model_dir",
+                "and the stand-in carries on while more data is collected for a retry "
+                "(learning.auto_train_retries); or train one with `streamwatch train` and "
+                "set model_dir",
                 model.name,
                 training.get("val_loss"),
                 training.get("plateau_level"),
                 training.get("steps"),
             )
             self.metrics.model_on_plateau.set(1)
+            self.engine.request_recollect()  # collect afresh and retry, while retries last
             return False
         auto = auto_model_dir(self.cfg)
         if auto is not None:

@@ -77,7 +77,10 @@ def replay(
     )
     # While a model is being trained in, small chunks let the swap land as promptly as it
     # does in the daemon, whose batches are small.
-    for chunk in merged(series, lambda: LEARNING_CHUNK if engine.learning else CHUNK):
+    # Protected adaptation moves a sensor's level between batches, as often as the daemon's
+    # small batches would: small chunks here too.
+    following = cfg.learning.follow_half_life > 0
+    for chunk in merged(series, lambda: LEARNING_CHUNK if following or engine.learning else CHUNK):
         engine.process([(chunk, chunk[-1].ts)], now=chunk[-1].ts)
     return events
 

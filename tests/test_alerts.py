@@ -114,3 +114,45 @@ def test_refractory_no_new_raise_soon_after_the_last() -> None:
 def test_parts_travel_in_the_payload() -> None:
     ev = AlertEvent("s", RAISED, 1.0, 2.0, 1.5, "robust", 0.0, 1.0, "id", None, {"level": 1.3})
     assert json.loads(ev.payload())["parts"] == {"level": 1.3}
+
+
+def test_confirm_needs_two_of_three_and_is_never_laxer() -> None:
+    a = AlertState(k=1, n=1, m=3)
+    a.confirm(2, 3)
+    assert a.update(True, 1.0) is None  # one anomalous verdict: not yet
+    assert a.update(False, 2.0) is None
+    change = a.update(True, 3.0)  # two of the last three
+    assert change is not None and change[0] == RAISED
+    strict = AlertState(k=3, n=5, m=3)
+    strict.confirm(2, 3)
+    assert (strict.k, strict.n) == (3, 5)
+
+
+def test_a_forced_verdict_raises_alone_but_respects_the_refractory() -> None:
+    a = AlertState(k=2, n=3, m=1, refractory=10)
+    change = a.update(True, 1.0, forced=True)
+    assert change is not None and change[0] == RAISED
+    assert a.update(False, 2.0) is not None  # cleared
+    assert a.update(True, 3.0, forced=True) is None  # within the refractory period
+
+
+def test_end_clears_at_once_and_returns_the_id() -> None:
+    a = AlertState(k=1, n=1, m=100)
+    change = a.update(True, 1.0)
+    assert change is not None
+    assert a.end() == change[1] and not a.raised
+    ev = AlertEvent(
+        "s",
+        CLEARED,
+        2.0,
+        1.0,
+        1.0,
+        "robust",
+        1.0,
+        2.0,
+        change[1],
+        reason="rebaselined",
+        baseline={"from": 1.0, "to": float("nan")},
+    )
+    doc = json.loads(ev.payload())
+    assert doc["reason"] == "rebaselined" and doc["baseline"] == {"from": 1.0, "to": None}

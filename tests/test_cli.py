@@ -83,4 +83,6 @@ def test_replay_writes_alert_lines(tmp_path: Path) -> None:
     assert main(["replay", "--data", str(data), "--alerts-out", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [d["state"] for d in lines] == ["raised", "cleared"]
-    assert lines[0]["ts"] == 1700001000 and lines[0]["sensor"] == "m1"
+    # A 1 Hz sensor confirms a raise (alerts.confirm_s): the spike's second anomalous window,
+    # one reading later, raises it.
+    assert lines[0]["ts"] == 1700001001 and lines[0]["sensor"] == "m1"

@@ -422,3 +422,46 @@ def test_a_save_interrupted_between_its_renames_still_loads(stage: str, tmp_path
     shutil.rmtree(tmp_path / f".m.{stage}")
     with pytest.raises(ModelError, match="does not exist"):
         bundle.load(tmp_path / "m")
+
+
+def _repeating(n: int, seed: int, hold: int) -> np.ndarray:
+    """A logger that holds each sample for 1..hold readings (runs of equal values)."""
+    rng = np.random.default_rng(seed)
+    out: list[float] = []
+    while len(out) < n:
+        out += [float(rng.normal(5.0, 0.1))] * int(rng.integers(1, hold + 1))
+    return np.asarray(out[:n])
+
+
+def test_robust_stuck_part_judges_a_repeating_sensor_by_the_runs_it_showed() -> None:
+    """A sensor that repeats values in normal operation is not stuck for a run like those it
+    showed (its spread counts only too much movement), but is for a run well beyond; a sensor
+    that never repeated is stuck after a few equal readings."""
+    from streamwatch.detectors.robust import PARTS, RobustDetector
+
+    det = RobustDetector(RobustConfig(), 20)
+    train = _repeating(600, 1, 4)
+    det.adapt("rep", train)
+    det.adapt("cont", np.random.default_rng(2).normal(5.0, 0.1, 600))
+    stuck = PARTS.index("stuck")
+    flat = np.r_[train[:10], np.full(10, 5.0)]  # 9 equal readings in a row at the end
+    short = np.r_[train[:16], np.full(4, 5.0)]  # a run of 4, as in training
+    p_rep = det.parts(["rep", "rep"], np.stack([short, flat]))
+    assert p_rep[0].max() < 1.5  # a run like those it showed: nothing
+    assert p_rep[1, stuck] > 1.5  # far beyond its longest run: stuck
+    p_cont = det.parts(["cont"], flat[None, :])
+    assert p_cont[0, stuck] > 1.5 and p_cont[0, PARTS.index("spread")] > 1.0
+
+
+def test_robust_bundle_from_before_the_stuck_part_still_loads() -> None:
+    from streamwatch.detectors.robust import RobustDetector
+
+    det = RobustDetector(RobustConfig(), 20)
+    det.adapt("a", np.random.default_rng(3).normal(5.0, 0.1, 300))
+    state = det._sensor_state()
+    for name in ("run0", "k_stuck"):
+        del state["a"][name]
+    old = RobustDetector(RobustConfig(), 20)
+    old._restore_sensor_state(state)
+    assert old.knows("a")
+    assert old._sensor_state()["a"]["k_stuck"] == RobustConfig().min_scale_stuck

@@ -20,7 +20,8 @@ def cfg(**sections: dict) -> Config:
     data: dict = {
         "detector": {"type": "gaussian"},
         "learning": {"warmup": 500},
-        "alerts": {"clear_m": 5},
+        # One-reading spikes of a per-reading detector: no confirmation (tested on its own).
+        "alerts": {"clear_m": 5, "confirm_s": 0.0},
     }
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
@@ -238,7 +239,7 @@ def test_robust_default_flags_a_flatline_as_too_little_movement() -> None:
     assert c.detector.type == "robust"
     events = [e for e in _feed(c, v) if e.state == "raised"]
     assert len(events) == 1 and 1.7e9 + 2000 <= events[0].ts <= 1.7e9 + 2020
-    assert events[0].parts is not None and events[0].parts["spread"] > 1.0
+    assert events[0].parts is not None and events[0].parts["stuck"] > 1.0
 
 
 def test_a_reading_after_a_long_gap_is_a_dropout() -> None:
@@ -282,3 +283,175 @@ def test_a_backlog_is_worked_off_in_slices_that_never_split_a_message() -> None:
     parts = _slices(items, 5)  # type: ignore[arg-type]
     assert [[tok for *_, tok in p] for p in parts] == [[0, 1], [2, 3], [4]]
     assert _slices([], 5) == []
+
+
+def _noise(n: int, seed: int) -> np.ndarray:
+    return 5.0 + np.random.default_rng(seed).normal(0, 0.1, n)
+
+
+def test_a_fast_sensor_confirms_a_raise_and_a_slow_one_does_not() -> None:
+    """alerts.confirm_s: a 1 Hz sensor scored by windows raises on 2 anomalous verdicts of its
+    last 3, a 5-minute one on 1; a per-reading detector, which sees a one-reading spike once,
+    is not asked to confirm."""
+    robust = cfg(detector={"type": "robust"}, alerts={"confirm_s": 10.0})
+    v = _noise(800, 1)
+
+    def rule(c: Config, step: float) -> tuple[int, int]:
+        eng = Engine(c, fresh_model(c), Metrics(CollectorRegistry()), lambda ev: None)
+        eng.process([([Reading("a", step * i, float(v[i])) for i in range(600)], 0.0)], now=0.0)
+        alert = eng.windows.sensors["a"].state.alert
+        return alert.k, alert.n
+
+    assert rule(robust, 1.0) == (2, 3)
+    assert rule(robust, 300.0) == (1, 1)
+    assert rule(cfg(detector={"type": "robust"}, alerts={"confirm_s": 0.0}), 1.0) == (1, 1)
+    gaussian = cfg(alerts={"confirm_s": 10.0})
+    assert rule(gaussian, 1.0) == (1, 1)
+    spike = v.copy()
+    spike[600] += 5.0  # one reading: one anomalous verdict of the Gaussian, and it raises
+    events = replay(gaussian, fresh_model(gaussian), {"a": (np.arange(800.0), spike)})
+    assert events[0].state == "raised" and events[0].ts == 600.0
+
+
+def test_a_silence_of_the_whole_feed_is_an_outage_not_a_dropout() -> None:
+    """A logger pause silences every sensor at once: counted once, no alert. A sensor that
+    alone goes quiet while the others report is still a dropout."""
+    quiet = {"threshold": {"margin": 3.0}}  # no raise on the noise itself: only the gap counts
+    c = from_mapping({"learning": {"warmup": 500}, **quiet})
+    stamps = np.arange(1500, dtype=float)
+    stamps[1000:] += 60.0  # one minute of silence on every sensor
+    data = {s: (1.7e9 + stamps, _noise(1500, i)) for i, s in enumerate("abc")}
+    reg = CollectorRegistry()
+    events = replay(c, fresh_model(c), data, reg)
+    assert not [e for e in events if e.state == "raised"]
+    assert reg.get_sample_value("streamwatch_feed_outages_total") == 1
+    alone = dict(data)
+    alone["a"] = (1.7e9 + stamps, data["a"][1])
+    for s in "bc":
+        alone[s] = (1.7e9 + np.arange(1560, dtype=float), _noise(1560, ord(s)))
+    raised = [e for e in replay(c, fresh_model(c), alone) if e.state == "raised"]
+    assert [(e.sensor, e.parts and e.parts.get("gap")) for e in raised] == [("a", 1.0)]
+    # A sensor that stopped long ago is no feed going quiet together: a dropout still.
+    dead = {"a": data["a"], "b": (1.7e9 + np.arange(600, dtype=float), _noise(600, 12))}
+    raised = [e for e in replay(c, fresh_model(c), dead) if e.state == "raised"]
+    assert [(e.sensor, e.parts and e.parts.get("gap")) for e in raised] == [("a", 1.0)]
+    off = from_mapping({"learning": {"warmup": 500, "feed_outage_sensors": 0}, **quiet})
+    raised = [e for e in replay(off, fresh_model(off), data) if e.state == "raised"]
+    assert sorted(e.sensor for e in raised) == ["a", "b", "c"]
+
+
+def _in_small_batches(c: Config, model: object, v: np.ndarray) -> list:
+    """Feed sensor 'a' at 1 Hz in batches of 5 readings, as the daemon drains a 1 Hz feed
+    (the level moves between batches)."""
+    events: list = []
+    eng = Engine(c, model, Metrics(CollectorRegistry()), events.append)  # type: ignore[arg-type]
+    for k in range(0, v.size, 5):
+        rows = [Reading("a", 1.0 + i, float(v[i])) for i in range(k, min(k + 5, v.size))]
+        eng.process([(rows, 0.0)], now=rows[-1].ts)
+    return events
+
+
+def test_protected_adaptation_follows_drift_but_never_learns_from_flagged_readings() -> None:
+    """learning.follow_half_life: a slow drift moves the normal level along; readings judged
+    anomalous, readings while an alert is raised and the guard after them never do."""
+    learning = {"warmup": 500, "follow_half_life": 30, "follow_guard": 50}
+    alerts = {"confirm_s": 0.0, "clear_m": 5, "clear_hold_s": 0}
+    margin = {"margin": 3.0}  # no raise on the noise itself: only the drift counts
+    c = from_mapping({"learning": learning, "alerts": alerts, "threshold": margin})
+    off = from_mapping(
+        {"learning": learning | {"follow_half_life": 0}, "alerts": alerts, "threshold": margin}
+    )
+    n = 4000
+    drift = _noise(n, 2) + np.concatenate([np.zeros(500), np.linspace(0.0, 1.0, n - 500)])
+    assert [e for e in _in_small_batches(off, fresh_model(off), drift) if e.state == "raised"]
+    model = fresh_model(c)
+    assert not [e for e in _in_small_batches(c, model, drift) if e.state == "raised"]
+    assert model.detector.parts(["a"], drift[-20:][None, :])[0, 1] < 1.0  # level followed
+    # A lasting fault: raised once and it stays raised, for its level is never learned.
+    shifted = _noise(3000, 3)
+    shifted[1000:] += 3.0
+    model = fresh_model(c)
+    events = _in_small_batches(c, model, shifted)
+    assert [e.state for e in events] == ["raised"]
+    assert model.detector.parts(["a"], shifted[-20:][None, :])[0, 1] > 10.0
+
+
+def test_the_robust_detector_follows_only_the_readings_it_is_given() -> None:
+    from streamwatch.config import RobustConfig
+    from streamwatch.detectors.robust import RobustDetector
+
+    det = RobustDetector(RobustConfig(), 20)
+    det.adapt("a", _noise(500, 4))
+    det.adapt("b", _noise(500, 5))
+    before = det._sensor_state()
+    det.follow(["a", "a"], np.array([6.0, float("nan")]), 0.5)
+    after = det._sensor_state()
+    assert after["b"] == before["b"]
+    assert after["a"]["loc"] == pytest.approx(before["a"]["loc"] + 0.5 * (6.0 - before["a"]["loc"]))
+    assert after["a"]["s"] == before["a"]["s"]  # spreads and scales stay as learned
+
+
+def test_a_lasting_shift_raises_once_then_rebaselines_and_says_so() -> None:
+    """learning.lasting_s: a level shift still anomalous after lasting_s is one alert, cleared
+    with reason 'rebaselined' and the level before and after; the new level is then normal."""
+    c = from_mapping(
+        {"learning": {"warmup": 500, "lasting_s": 300.0}, "threshold": {"margin": 3.0}}
+    )
+    v = _noise(3000, 8)
+    v[1000:] += 3.0
+    events = replay(c, fresh_model(c), {"a": (np.arange(3000, dtype=float), v)})
+    assert [(e.state, e.reason) for e in events] == [("raised", None), ("cleared", "rebaselined")]
+    raised, cleared = events
+    assert raised.alert_id == cleared.alert_id
+    assert cleared.ts - raised.ts >= 300.0
+    doc = cleared.to_json()
+    assert doc["reason"] == "rebaselined"
+    assert doc["baseline"]["from"] == pytest.approx(5.0, abs=0.05)
+    assert doc["baseline"]["to"] == pytest.approx(8.0, abs=0.1)
+    hold = from_mapping({"learning": {"warmup": 500, "lasting_s": 0}, "threshold": {"margin": 3.0}})
+    events = replay(hold, fresh_model(hold), {"a": (np.arange(3000, dtype=float), v)})
+    assert [e.state for e in events] == ["raised"]  # 0: the alert holds
+
+
+def test_a_lasting_change_that_is_not_of_level_holds() -> None:
+    """Lasting noise is not a new normal level: re-baselining would not make it normal, so
+    the alert holds (stays raised, one alert) rather than clear and raise again."""
+    c = from_mapping(
+        {"learning": {"warmup": 500, "lasting_s": 300.0}, "threshold": {"margin": 3.0}}
+    )
+    v = _noise(3000, 9)
+    v[1000:] += np.random.default_rng(10).normal(0, 2.0, 2000)
+    events = replay(c, fresh_model(c), {"a": (np.arange(3000, dtype=float), v)})
+    assert [e.state for e in events] == ["raised"]
+
+
+def test_a_refused_auto_training_collects_afresh_and_retries_a_bounded_number_of_times() -> None:
+    """learning.auto_train_retries: after the trained model is refused (it ended on the
+    plateau), the engine collects twice the readings afresh and hands them over again, at
+    most auto_train_retries times, counting each retry."""
+    c = from_mapping(
+        {
+            "detector": {"type": "lstm-vae"},
+            "learning": {"warmup": 100, "auto_train_readings": 100, "auto_train_retries": 1},
+        }
+    )
+    handed: list[int] = []
+    reg = CollectorRegistry()
+    eng = Engine(
+        c, fresh_model(c), Metrics(reg), lambda ev: None, lambda d: handed.append(d["a"].size)
+    )
+    v = _noise(1000, 11)
+
+    def feed(a: int, b: int) -> None:
+        eng.process([([Reading("a", 1.0 + i, float(v[i])) for i in range(a, b)], 0.0)], now=b)
+
+    feed(0, 150)
+    assert handed == [100] and not eng.learning
+    eng.request_recollect()  # as the daemon does when it refuses the model
+    feed(150, 500)
+    assert handed == [100, 200]
+    assert reg.get_sample_value("streamwatch_auto_train_retries_total") == 1
+    eng.request_recollect()  # no retries left: the stand-in carries on
+    feed(500, 1000)
+    assert handed == [100, 200] and not eng.learning
+    assert reg.get_sample_value("streamwatch_auto_train_retries_total") == 1

@@ -98,8 +98,13 @@ class _Engine:
     def __init__(self) -> None:
         self.swapped: list[Model] = []
 
+        self.recollects = 0
+
     def request_swap(self, model: Model) -> None:
         self.swapped.append(model)
+
+    def request_recollect(self) -> None:
+        self.recollects += 1
 
 
 def _daemon(tmp_path: Path) -> Any:
@@ -126,6 +131,7 @@ def test_the_daemon_does_not_swap_in_a_plateaued_model(tmp_path: Path) -> None:
     stuck = _gaussian({"plateau": True, "val_loss": 28.4, "plateau_level": 28.4, "steps": 9})
     assert Daemon.adopt_trained(cast(Daemon, d), stuck) is False
     assert d.engine.swapped == []
+    assert d.engine.recollects == 1  # collect afresh and retry
     assert not (tmp_path / "state" / "model").exists()
     assert b"streamwatch_model_on_plateau 1.0" in generate_latest(d.metrics.registry)
 

@@ -135,6 +135,18 @@ class Detector(ABC):
         Only for detectors with :attr:`part_names`."""
         raise NotImplementedError(f"{self.name} has no parts")
 
+    def follow(self, sensors: Sequence[str], values: np.ndarray, rate: float) -> None:  # noqa: B027
+        """Protected adaptation: move each sensor's normal level a fraction ``rate`` of the
+        way toward its reading in ``values``. The engine calls it only with readings judged
+        normal, outside an alert and clear of any anomalous verdict. Optional: a detector
+        without a level to follow ignores it."""
+
+    def rebaseline(self, sensor: str, window: np.ndarray) -> tuple[float, float] | None:
+        """A lasting change: take the level of ``window`` (the sensor's latest readings) as
+        its normal level from now on; returns the level (before, after), or None where the
+        detector has no level to move (the alert then holds)."""
+        return None
+
     def explain(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
         """Per-step contribution to each row's score, shape (B, window). Off the hot path."""
         return self.score(sensors, x)[:, None]

@@ -1,4 +1,4 @@
-"""Robust combined detector: four two-sided deviations of a window from its sensor's normal.
+"""Robust combined detector: five deviations of a window from its sensor's normal.
 
 For each window (the newest readings of a sensor) it measures, against a baseline learned
 from the sensor's normal readings with robust statistics (median and MAD, so a few outliers
@@ -11,13 +11,18 @@ in the learning data do not widen it):
 - ``spread``: ``|log(sd / sd₀)|`` of the standard deviation of the last ``span`` first
   differences against its normal value: both tails, so a noise burst or a faster signal
   (too much movement) and a stuck or flat-lined transmitter (too little) both score;
-- ``jump``: the newest first difference against the normal spread of differences.
+- ``jump``: the newest first difference against the normal spread of differences;
+- ``stuck``: how many readings in a row, up to the newest, repeat the same value. A sensor
+  that repeats values in normal operation (a logger holding its last sample, a coarse
+  quantiser: ``run0``, the longest such run in its learning data, is 2 or more) is judged
+  stuck by this part alone, against the runs it showed, and its ``spread`` part counts only
+  too much movement; for any other sensor a flat window is "too little movement" either way.
 
 Each part is divided by its *scale*: the largest value the part took on the learning data
 (at least a floor, so a perfectly clean signal is not armed at a hair trigger). The score is
-the largest of the four ratios: 1.0 is "as far out as the worst normal window seen, in the
+the largest of the five ratios: 1.0 is "as far out as the worst normal window seen, in the
 worst respect". The calibration policy (:mod:`streamwatch.pipeline.threshold`) sets the
-threshold at a margin above the normal scores. :meth:`RobustDetector.parts` gives the four
+threshold at a margin above the normal scores. :meth:`RobustDetector.parts` gives the five
 ratios, which alerts carry so an operator sees which respect tripped.
 
 Numpy only: no TensorFlow, a few microseconds a window.
@@ -35,9 +40,38 @@ from streamwatch.config import RobustConfig
 from streamwatch.detectors.base import Detector, finite_values
 from streamwatch.detectors.table import SensorTable
 
-PARTS = ("point", "level", "spread", "jump")
+PARTS = ("point", "level", "spread", "jump", "stuck")
 _MAD_TO_SD = 1.4826
-_STATE = ("loc", "s", "sm", "sd1", "d0", "k_point", "k_level", "k_spread", "k_jump")
+_STATE = (
+    "loc",
+    "s",
+    "sm",
+    "sd1",
+    "d0",
+    "k_point",
+    "k_level",
+    "k_spread",
+    "k_jump",
+    "run0",
+    "k_stuck",
+)
+_OPTIONAL = ("run0", "k_stuck")
+"""State a bundle saved before the ``stuck`` part lacks (then: no repeats, the floor)."""
+REPEATS = 2
+"""A sensor whose learning data repeat one value this many readings in a row repeats."""
+
+
+def _trailing_repeats(w: np.ndarray) -> np.ndarray:
+    """For each row, how many of its newest first differences are exactly zero in a row."""
+    same = (np.diff(w, axis=1) == 0)[:, ::-1]
+    return np.where(same.all(axis=1), same.shape[1], same.argmin(axis=1)).astype(np.float64)
+
+
+def _longest_run(v: np.ndarray) -> int:
+    """The longest run of exactly zero first differences in ``v``."""
+    same = np.concatenate(([False], np.diff(v) == 0, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(same))
+    return int((edges[1::2] - edges[::2]).max()) if edges.size else 0
 
 
 def _robust_scale(x: np.ndarray, floor: float) -> tuple[float, float]:
@@ -49,7 +83,7 @@ def _robust_scale(x: np.ndarray, floor: float) -> tuple[float, float]:
 
 
 class RobustDetector(Detector):
-    """Per-sensor robust baseline; score = the worst of four two-sided deviation ratios."""
+    """Per-sensor robust baseline; score = the worst of five deviation ratios."""
 
     name = "robust"
     kind = "window"
@@ -97,6 +131,8 @@ class RobustDetector(Detector):
             k_level=1.0,
             k_spread=1.0,
             k_jump=1.0,
+            run0=float(_longest_run(v)),
+            k_stuck=1.0,
         )
         # Part scales: the worst each part was on the learning data, floored.
         x = self.windows_of(v)
@@ -106,6 +142,7 @@ class RobustDetector(Detector):
             self.cfg.min_scale,
             self.cfg.min_scale_spread,
             self.cfg.min_scale,
+            self.cfg.min_scale_stuck,
         )
         scales = {
             f"k_{name}": max(
@@ -114,6 +151,40 @@ class RobustDetector(Detector):
             for i, (name, floor) in enumerate(zip(PARTS, floors, strict=True))
         }
         self._table.set(sensor, **scales)
+
+    def follow(self, sensors: Sequence[str], values: np.ndarray, rate: float) -> None:
+        """Move each sensor's normal level (``loc``) a fraction ``rate`` toward its reading:
+        slow drift of a thermocouple is followed, not alarmed on. The spreads and part
+        scales stay as learned, so a fast change still scores as far out as before."""
+        if not len(sensors):
+            return
+        rows, loc = self._table.rows(sensors), self._table.cols["loc"]
+        v = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(v)
+        if not ok.all():
+            rows, v = rows[ok], v[ok]
+        if np.unique(rows).size == rows.size:
+            loc[rows] += rate * (v - loc[rows])
+            return
+        # A sensor with several readings in the batch: the same running mean, in order.
+        keep = 1.0 - rate
+        for r in np.unique(rows):
+            mine = v[rows == r]
+            m = mine.size
+            weights = rate * keep ** np.arange(m - 1, -1, -1, dtype=np.float64)
+            loc[r] = keep**m * loc[r] + float(weights @ mine)
+
+    def rebaseline(self, sensor: str, window: np.ndarray) -> tuple[float, float] | None:
+        """Take the median of ``window`` as the sensor's normal level (spreads and scales
+        stay as learned); returns the level (before, after)."""
+        w = np.asarray(window, dtype=np.float64)
+        w = w[np.isfinite(w)]
+        if not w.size or sensor not in self._table:
+            return None
+        row = self._table.row(sensor)
+        loc = self._table.cols["loc"]
+        before, loc[row] = float(loc[row]), float(np.median(w))
+        return before, float(loc[row])
 
     def forget(self, sensor: str) -> None:
         """Free the sensor's baseline (its row is reused by the next new sensor)."""
@@ -126,7 +197,7 @@ class RobustDetector(Detector):
     # -- scoring ---------------------------------------------------------------------------
 
     def _raw_parts(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
-        """(B, 4) unscaled deviations of each window."""
+        """(B, 5) unscaled deviations of each window."""
         rows, c = self._table.rows(sensors), self._table.cols
         span = self.cfg.span
         w = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
@@ -137,12 +208,15 @@ class RobustDetector(Detector):
         d = np.diff(w[:, -(span + 1) :], axis=1)
         d0 = c["d0"][rows]
         eps = 0.05 * d0
-        spread = np.abs(np.log((d.std(axis=1) + eps) / (d0 + eps)))
+        spread = np.log((d.std(axis=1) + eps) / (d0 + eps))
+        repeats = c["run0"][rows] >= REPEATS
+        spread = np.where(repeats, np.maximum(spread, 0.0), np.abs(spread))
         jump = np.abs(d[:, -1]) / c["sd1"][rows]
-        return np.stack([point, level, spread, jump], axis=1)
+        stuck = _trailing_repeats(w)
+        return np.stack([point, level, spread, jump, stuck], axis=1)
 
     def parts(self, sensors: Sequence[str], x: np.ndarray) -> np.ndarray:
-        """(B, 4) each part's deviation over its scale (columns in :data:`PARTS` order)."""
+        """(B, 5) each part's deviation over its scale (columns in :data:`PARTS` order)."""
         rows, c = self._table.rows(sensors), self._table.cols
         scales = np.stack([c[f"k_{name}"][rows] for name in PARTS], axis=1)
         return self._raw_parts(sensors, x) / scales
@@ -167,12 +241,19 @@ class RobustDetector(Detector):
             s: {name: float(c[name][self._table.row(s)]) for name in _STATE} for s in self._table
         }
 
+    def _stored(self, p: dict[str, Any], name: str) -> float:
+        """One saved value; a bundle from before the ``stuck`` part gets its defaults."""
+        if name in p or name not in _OPTIONAL:
+            return float(p[name])
+        return 0.0 if name == "run0" else float(self.cfg.min_scale_stuck)
+
     def _restore_sensor_state(self, state: dict[str, Any]) -> None:
         for sensor, p in state.items():
-            values = {name: float(p[name]) for name in _STATE}
+            values = {name: self._stored(p, name) for name in _STATE}
             if (
                 not all(math.isfinite(v) for v in values.values())
-                or min(values[n] for n in _STATE if n != "loc") <= 0
+                or min(values[n] for n in _STATE if n not in ("loc", "run0")) <= 0
+                or values["run0"] < 0
             ):
                 raise ValueError(f"sensor {sensor!r}: invalid baseline")
             self._table.set(sensor, **values)

@@ -134,6 +134,12 @@ class Metrics:
             ["action", "result"],
             registry=registry,
         )
+        self.feed_outages = Counter(
+            "streamwatch_feed_outages",
+            "Silences of the whole feed (no sensor reported), taken as one outage each, not "
+            "as every sensor's dropout",
+            registry=registry,
+        )
         self.window_restarts = Counter(
             "streamwatch_window_restarts", "Windows restarted after a gap", registry=registry
         )
@@ -183,6 +189,11 @@ class Metrics:
             "streamwatch_model_info",
             "The loaded model",
             ["detector", "config_hash", "source"],
+            registry=registry,
+        )
+        self.auto_train_retries = Counter(
+            "streamwatch_auto_train_retries",
+            "Auto-trainings retried on freshly collected data after one ended on the plateau",
             registry=registry,
         )
         self.model_on_plateau = Gauge(

@@ -8,6 +8,14 @@ storm, even where the anomaly shows only in part of each cycle of a periodic sig
 clear, no new alert is raised for ``refractory`` verdicts counted from the last raise, so a
 noisy stretch that flickers around its threshold costs one alert, not one a minute. Counts are
 in verdicts (readings), not seconds, so the rule means the same at 1 Hz and at 5 minutes.
+
+*Confirmation* (``alerts.confirm_s``, window detectors): a sensor fast enough that a second
+look costs little
+(2 intervals within ``confirm_s``) raises only on 2 anomalous verdicts of its last 3 (or its
+configured k of n, if stricter): one noisy reading of a 1 Hz accelerometer is not worth
+an operator's attention, while a 5-minute sensor keeps raising on one verdict, since waiting
+for a second would cost ten minutes. :meth:`AlertState.confirm` sets it once the sensor's
+cadence is learned. A *forced* verdict (a dropout: one reading after a silence) raises alone.
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ class AlertEvent:
     parts: dict[str, float] | None = None
     """For a combined score: each part's share of the threshold (1.0 = at it)."""
     reason: str | None = None
-    """Why a transition happened other than by verdicts (``evicted``: the sensor went)."""
+    """Why a transition happened other than by verdicts (``evicted``: the sensor went;
+    ``rebaselined``: a lasting change became the sensor's new normal level)."""
+    baseline: dict[str, float] | None = None
+    """With ``rebaselined``: the normal level before and after (``from``, ``to``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -60,6 +71,8 @@ class AlertEvent:
             doc["parts"] = self.parts
         if self.reason is not None:
             doc["reason"] = self.reason
+        if self.baseline is not None:
+            doc["baseline"] = {k: _finite(v) for k, v in self.baseline.items()}
         return doc
 
     def payload(self) -> bytes:
@@ -93,16 +106,23 @@ class AlertState:
     def __post_init__(self) -> None:
         self._mask = (1 << self.n) - 1
 
+    def confirm(self, k: int, n: int) -> None:
+        """Raise on ``k`` anomalous verdicts of the last ``n`` from now on (never laxer than
+        the configured rule)."""
+        self.k, self.n = max(self.k, k), max(self.n, n)
+        self._mask = (1 << self.n) - 1
+
     @property
     def raised(self) -> bool:
         """Whether an alert is active."""
         return self.alert_id is not None
 
     def update(
-        self, anomalous: bool, ts: float = 0.0
+        self, anomalous: bool, ts: float = 0.0, forced: bool = False
     ) -> tuple[Literal["raised", "cleared"], str] | None:
         """Feed one verdict (of the reading at ``ts``); return the transition it causes and
-        its alert id, if any."""
+        its alert id, if any. A ``forced`` anomalous verdict (a dropout) needs no
+        confirmation: it raises alone, refractory period permitting."""
         self.history = ((self.history << 1) | anomalous) & self._mask
         self.since_raise += 1
         if anomalous:
@@ -110,7 +130,7 @@ class AlertState:
             self.last_anomalous = ts
             if (
                 self.alert_id is None
-                and self.history.bit_count() >= self.k
+                and (forced or self.history.bit_count() >= self.k)
                 and self.since_raise > self.refractory
             ):
                 self.alert_id = uuid.uuid4().hex
@@ -126,6 +146,11 @@ class AlertState:
             cleared, self.alert_id, self.history = self.alert_id, None, 0
             return CLEARED, cleared
         return None
+
+    def end(self) -> str | None:
+        """Clear the alert now, not by verdicts (a lasting change re-baselined); its id."""
+        cleared, self.alert_id, self.history, self.normal_run = self.alert_id, None, 0, 0
+        return cleared
 
     def restore(self, alert_id: str | None) -> None:
         """Resume an alert that was raised before a restart (so it is not raised twice)."""

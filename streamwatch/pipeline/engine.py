@@ -9,6 +9,12 @@ One thread owns all of this state, so it needs no locks. Per drained batch it:
 3. compares each score with its sensor's calibrated threshold;
 4. feeds the verdicts to the sensors' alert state machines;
 5. hands the transitions to a sink (MQTT in the daemon, a list in replay).
+
+Beside the verdicts it keeps the learning that must see them: protected adaptation
+(``learning.follow_half_life``: only readings judged normal, outside and clear of alerts,
+move a sensor's level), lasting changes (``learning.lasting_s``: re-baseline, or hold) and
+feed outages (:mod:`streamwatch.pipeline.feed`). (Over 400 lines, knowingly: these sit in
+the verdict loop; the re-baselining is the next candidate to move out.)
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.feed import FeedWatch
 from streamwatch.pipeline.group_path import GroupPath, load_group_model
 from streamwatch.pipeline.handoff import Item, Queued
 from streamwatch.pipeline.lifecycle import SCORED, SensorLifecycle, SensorState
@@ -58,11 +65,17 @@ class Engine:
         self.sink = sink
         self._pending: Model | None = None
         self._pending_lock = threading.Lock()
+        self._recollect = False
         self.raised: dict[str, str] = dict(raised or {})
         """Sensor -> alert id of every raised alert (persisted by the daemon)."""
         self._raised_changed = False
         self.lifecycle = SensorLifecycle(cfg, model, metrics, on_training_data, background_fits)
         self.windows = self._new_windows(self.detector)
+        self.feed = FeedWatch(cfg.learning.feed_outage_sensors, metrics.feed_outages)
+        half_life = cfg.learning.follow_half_life
+        self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
+        self._follow_guard = cfg.learning.follow_guard
+        self._lasting_s = cfg.learning.lasting_s
         # Operator hooks (:mod:`streamwatch.control`), set by the daemon on this thread:
         self.muted: set[str] = set()
         """Ids that raise no alert now (an alert already raised may still clear)."""
@@ -129,9 +142,18 @@ class Engine:
         with self._pending_lock:
             self._pending = model
 
+    def request_recollect(self) -> None:
+        """Auto-train again on fresh data before the next batch (thread-safe): the trained
+        model was refused (see :meth:`SensorLifecycle.recollect`)."""
+        with self._pending_lock:
+            self._recollect = True
+
     def _apply_swap(self) -> None:
         with self._pending_lock:
             new, self._pending = self._pending, None
+            again, self._recollect = self._recollect, False
+        if again:
+            self.lifecycle.recollect()
         if new is None:
             return
         old = self.detector
@@ -190,6 +212,10 @@ class Engine:
                 series = st.series
                 series.readings += 1
                 series.last_ts = r.ts
+                gap = dt > st.gap_limit and not self.feed.silent(
+                    r.ts - dt, r.ts, st.gap_limit, (w.last_ts for w in windows.sensors.values())
+                )
+                self.feed.saw(r.ts)
                 if maint and r.sensor in maint:
                     scored = st.phase == SCORED  # maintenance: scored, learned from never
                 else:
@@ -199,7 +225,7 @@ class Engine:
                     states.append(st)
                     arrivals.append(arrived)
                     ends.append(r.ts)
-                    gaps.append(dt > st.gap_limit)
+                    gaps.append(gap)
                     if per_reading:
                         rows.append(r.value)
                     else:
@@ -251,20 +277,52 @@ class Engine:
         raised_rows: list[tuple[int, int]] = []  # (event index, row index)
         life = self.lifecycle
         learn = life.collecting
+        follow: list[int] = []  # rows normal enough to adapt to
+        guard = self._follow_guard
+        rebased: set[str] = set()  # re-baselined in this batch: later windows scored anew
         for i, st in enumerate(states):
+            if rebased and sensors[i] in rebased:
+                scores[i] = det.score([sensors[i]], x[i : i + 1])[0]
+                verdicts[i] = scores[i] > thr[i] or gaps[i]
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
-            change = alert.update(bool(verdicts[i]), ends[i])
+            change = alert.update(bool(verdicts[i]), ends[i], bool(gaps[i]))
+            if verdicts[i]:
+                st.quiet = 0
+            else:
+                st.quiet += 1
+                in_maintenance = bool(maint) and sensors[i] in maint
+                if st.quiet > guard and not alert.raised and not in_maintenance:
+                    follow.append(i)
             if learn and not (maint and sensors[i] in maint):
                 # auto-training learns only from readings judged normal, outside alerts
-                life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
+                life.collect_scored(sensors[i], float(x[i, -1]), not (verdicts[i] or alert.raised))
+            if (
+                change is None
+                and self._lasting_s
+                and verdicts[i]
+                and alert.raised
+                and ends[i] - st.raised_at >= self._lasting_s
+            ):
+                if raised_rows:  # explained at the level they were raised at
+                    self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
+                    raised_rows = []
+                start = float(stamps[i][0]) if stamps else ends[i]
+                ev = self._rebaseline(
+                    det, sensors[i], st, x[i], float(scores[i]), float(thr[i]), start, ends[i]
+                )
+                if ev is not None:
+                    events.append(ev)
+                    rebased.add(sensors[i])
+                continue
             if change is None:
                 continue
             state, alert_id = change
             self._raised_changed = True
             if state == RAISED:
                 self.raised[sensors[i]] = alert_id
+                st.raised_at = ends[i]
                 series.raised += 1
                 series.active = 1
                 raised_rows.append((len(events), i))
@@ -289,6 +347,10 @@ class Engine:
             )
         if raised_rows:
             self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
+        if follow and self._follow_rate:
+            # Protected adaptation: only verdicts judged normal, outside an alert and clear
+            # of the last anomalous one by the guard, ever move the normal level.
+            det.follow([sensors[i] for i in follow], x[follow, -1], self._follow_rate)
         self.metrics.windows_scored.inc(len(sensors))
         if self.on_scores is not None:
             self.on_scores(sensors, ends, scores, thr)
@@ -298,6 +360,54 @@ class Engine:
         for ev in events:
             self.sink(ev)
         return events
+
+    def _rebaseline(
+        self,
+        det: Detector,
+        sensor: str,
+        st: SensorState,
+        window: np.ndarray,
+        score: float,
+        threshold: float,
+        start: float,
+        ts: float,
+    ) -> AlertEvent | None:
+        """A lasting change (``learning.lasting_s``): the shift became the sensor's normal.
+        Its level is re-learned from the latest window and the alert cleared, saying so
+        (``reason: rebaselined``, the level before and after), if the window is normal at the
+        new level. Otherwise (not a change of level alone), or where the detector has no
+        level to move, the alert holds: it stays raised until the signal returns."""
+        moved = det.rebaseline(sensor, window)
+        if moved is not None and det.score([sensor], window[None, :])[0] > threshold:
+            # Not a change of level alone (its spread or movement is off too): put the
+            # level back; re-baselining would only raise again.
+            det.rebaseline(sensor, np.array([moved[0]]))
+            moved = None
+        if moved is None:
+            st.raised_at = math.inf  # holds: asked once per alert
+            return None
+        alert_id = st.alert.end()
+        assert alert_id is not None
+        self.raised.pop(sensor, None)
+        self._raised_changed = True
+        st.series.cleared += 1
+        st.series.active = 0
+        st.quiet = 0
+        st.raised_at = math.inf
+        log.info("sensor %s: lasting change, normal level %.6g -> %.6g", sensor, *moved)
+        return AlertEvent(
+            sensor,
+            CLEARED,
+            ts,
+            float(score),
+            float(threshold),
+            det.name,
+            start,
+            ts,
+            alert_id,
+            reason="rebaselined",
+            baseline={"from": moved[0], "to": moved[1]},
+        )
 
     def _explain(
         self,

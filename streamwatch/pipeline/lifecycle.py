@@ -69,6 +69,14 @@ class SensorState:
     """The longest of them."""
     gap_limit: float = math.inf
     """A reading after a longer gap is anomalous (a dropout); set after ``warmup`` readings."""
+    dts: list[float] = field(default_factory=list)
+    """The intervals counted so far (emptied once the cadence is learned)."""
+    cadence: float = math.nan
+    """The sensor's median interval between readings, once learned."""
+    quiet: int = 0
+    """Verdicts since the last anomalous one (protected adaptation waits for a clear run)."""
+    raised_at: float = math.inf
+    """When the sensor's alert was raised (a lasting change is measured from it)."""
 
 
 class SensorLifecycle:
@@ -86,6 +94,7 @@ class SensorLifecycle:
         self.metrics = metrics
         self._warmup = cfg.learning.warmup  # read per reading: kept at hand
         self._gap_factor = cfg.learning.gap_factor
+        self._confirm_s = cfg.alerts.confirm_s
         self.warming = 0
         """Sensors tracked and not yet scored."""
         self.on_training_data = on_training_data
@@ -97,6 +106,8 @@ class SensorLifecycle:
         self._pool: ThreadPoolExecutor | None = None
         self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
         self._collect: dict[str, list[float]] | None = None
+        self._collect_target = cfg.learning.auto_train_readings
+        self._retries_left = cfg.learning.auto_train_retries
         self.version = 0
         """Counts changes to what the model holds (sensors learned, forgotten, a swap)."""
         if needs_stand_in(model, cfg) and on_training_data is not None:
@@ -155,10 +166,11 @@ class SensorLifecycle:
         dropouts alike."""
         if st.intervals < self._warmup and dt < math.inf:
             st.intervals += 1
+            st.dts.append(dt)
             if dt > st.max_dt:
                 st.max_dt = dt
-            if st.intervals == self._warmup and self._gap_factor > 0:
-                st.gap_limit = self._gap_factor * st.max_dt
+            if st.intervals == self._warmup:
+                self._cadence_learned(st)
         if st.phase == SCORED:
             return True
         if self._collect is not None:  # warm-up readings: no verdict, taken as normal
@@ -167,6 +179,22 @@ class SensorLifecycle:
         if st.phase == WARMING:
             self._warm_up(sensor, st)
         return False
+
+    def _cadence_learned(self, st: SensorState) -> None:
+        """The sensor's first ``warmup`` intervals are in: set its gap limit, and ask a fast
+        sensor to confirm a raise (see :mod:`streamwatch.pipeline.alerts`) where windows are
+        scored: a window detector sees a one-reading spike in two windows at least (the jump
+        up and back), a per-reading detector in one verdict only."""
+        if self._gap_factor > 0:
+            st.gap_limit = self._gap_factor * st.max_dt
+        st.cadence = float(np.median(st.dts))
+        st.dts = []
+        if (
+            self._confirm_s > 0
+            and 2.0 * st.cadence <= self._confirm_s
+            and self.model.detector.kind == "window"  # a reading detector sees a spike once
+        ):
+            st.alert.confirm(2, 3)
 
     # -- warm-up --------------------------------------------------------------------------
 
@@ -287,7 +315,7 @@ class SensorLifecycle:
         if buf is None:
             buf = self._collect[sensor] = []
         buf.append(value)
-        train_after = self.cfg.learning.auto_train_readings
+        train_after = self._collect_target
         if len(buf) < train_after:
             return
         enough = train_after // 2
@@ -300,6 +328,31 @@ class SensorLifecycle:
         )
         assert self.on_training_data is not None
         self.on_training_data(data)
+
+    def recollect(self) -> bool:
+        """The auto-trained model was refused (its training ended on the plateau): collect
+        twice as many readings afresh and train again, while retries
+        (``learning.auto_train_retries``) last. True if collecting again."""
+        if self._collect is not None or self.on_training_data is None:
+            return False
+        if self._retries_left <= 0:
+            log.warning(
+                "auto-training gave no usable model after %d retries; the %s stand-in "
+                "carries on (train one with `streamwatch train` and set model_dir)",
+                self.cfg.learning.auto_train_retries,
+                self.model.name,
+            )
+            return False
+        self._retries_left -= 1
+        self._collect_target *= 2
+        self._collect = {}
+        self.metrics.auto_train_retries.inc()
+        log.warning(
+            "auto-training retried: collecting %d readings per sensor afresh (%d retries left)",
+            self._collect_target,
+            self._retries_left,
+        )
+        return True
 
     def evicted(
         self, gone: Iterable[tuple[str, SensorState | None]], tracked: Callable[[str], bool]
