@@ -329,21 +329,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    kinds_seen = Counter(e.kind for e in sim.events)
-    print(
-        f"{len(sim)} readings from {args.sensors} sensors, {len(sim.events)} events"
-        + (
-            f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds_seen.items()))})"
-            if kinds_seen
-            else ""
-        )
-    )
-    if args.csv:
-        sim.to_csv(args.csv)
-        print(f"wrote {args.csv}")
-    if args.events:
-        sim.events_to_csv(args.events)
-        print(f"wrote {args.events}")
+    report_and_write(sim, f"{args.sensors} sensors, {len(sim.events)} events", args)
     if args.broker:
         from simulators.publish import PublishError, publish
 
@@ -379,3 +365,17 @@ def _broker(url: str) -> tuple[str, int]:
         return parts.hostname, parts.port or 1883
     except ValueError as exc:
         raise UsageError(f"--broker: bad port: {exc}") from None
+
+
+def report_and_write(sim: Any, what: str, args: argparse.Namespace) -> None:
+    """Print how many readings (of ``what``) and which event kinds were simulated, and write
+    the ``--csv`` and ``--events`` files if asked for."""
+    kinds_seen = Counter(e.kind for e in sim.events)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(kinds_seen.items()))
+    print(f"{len(sim)} readings from {what}" + (f" ({kinds})" if kinds else ""))
+    if args.csv:
+        sim.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+    if args.events:
+        sim.events_to_csv(args.events)
+        print(f"wrote {args.events}")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 
 
 def run_plant(args: argparse.Namespace) -> int:
     """``simulate --plant``: the multivariate plant, to files and/or MQTT or Sparkplug B."""
     from simulators.plant import PLANT_KINDS, PlantFaults, simulate_plant
     from streamwatch.commands.common import EXIT_FAILURE, EXIT_OK, UsageError
-    from streamwatch.commands.simulate import _broker
+    from streamwatch.commands.simulate import _broker, report_and_write
 
     if args.plant < 0:
         raise UsageError("--plant must be >= 0")
@@ -44,21 +43,7 @@ def run_plant(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    kinds_seen = Counter(e.kind for e in sim.events)
-    print(
-        f"{len(sim)} readings from {args.plant} pumps, {len(sim.events)} member events"
-        + (
-            f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds_seen.items()))})"
-            if kinds_seen
-            else ""
-        )
-    )
-    if args.csv:
-        sim.to_csv(args.csv)
-        print(f"wrote {args.csv}")
-    if args.events:
-        sim.events_to_csv(args.events)
-        print(f"wrote {args.events}")
+    report_and_write(sim, f"{args.plant} pumps, {len(sim.events)} member events", args)
     if not args.broker:
         return EXIT_OK
     from simulators.publish import PublishError, publish
