@@ -414,6 +414,14 @@ class GroupsConfig(_Strict):
         None, description="Group model bundle; unset: <model_dir>.groups beside model_dir."
     )
     detector: GroupDetectorConfig = MahalanobisConfig()
+    clear_ratio: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Hysteresis: a raised group alert counts a window as normal (toward "
+        "alerts.clear_m) only when its score is at most clear_ratio x its threshold; 1: the "
+        "threshold itself. 0.6 chosen on SKAB experiments 0-7 (0.5-0.8 alike).",
+    )
     follow_half_life: int = Field(
         0,
         ge=0,

@@ -1,15 +1,24 @@
-"""Protected adaptation for groups (``groups.follow_half_life``): a group's normal member
-means follow slow drift, but only from windows judged normal, outside an alert and clear of
-the last anomalous verdict; the covariances stay as learned."""
+"""Hysteresis (``groups.clear_ratio``) and protected adaptation (``groups.follow_half_life``)
+for groups. A raised group alert clears only on windows well below its threshold; a group's
+normal member means follow slow drift, but only from windows judged normal, outside an alert
+and clear of the last anomalous verdict; the covariances stay as learned."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from streamwatch.config import ConfigError, MahalanobisConfig, from_mapping
 from streamwatch.detectors.mahalanobis import MahalanobisDetector
-from tests.test_group_engine import T0, N, cfg, readings, run
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.alerts import AlertEvent
+from streamwatch.pipeline.engine import Engine
+from tests.helpers import fresh_model
+from tests.test_group_engine import T0, N, cfg, pump, readings, run
 
 
 def _fitted(seed: int = 0) -> MahalanobisDetector:
@@ -84,3 +93,77 @@ def test_follow_options_are_validated() -> None:
         from_mapping({"groups": {"follow_half_life": -1}})
     with pytest.raises(ConfigError, match=r"groups\.follow_guard"):
         from_mapping({"groups": {"follow_guard": -5}})
+
+
+# -- hysteresis (groups.clear_ratio) -----------------------------------------------------------
+
+WARM = 450
+"""Steps fed before the test phases: the 400-step warm-up and the period inference."""
+
+
+def _offset_for(det: MahalanobisDetector, group: str, row: Any, target: float) -> float:
+    """The step ``a`` at which a window of ``row(a)`` scores ``target`` (bisection)."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        a = (lo + hi) / 2
+        score = det.score([group], np.tile(row(a), (det.window, 1))[None])[0]
+        lo, hi = (a, hi) if score < target else (lo, a)
+    return (lo + hi) / 2
+
+
+def _hysteresis_run(clear_ratio: float) -> tuple[list[AlertEvent], float, float]:
+    """Warm a pump group up, then hold it far out (raise), then at 0.8 of its threshold, then
+    at 0.3; returns the transitions and when the 0.8 and 0.3 phases began."""
+    c = cfg(groups={"clear_ratio": clear_ratio})
+    members = {m: v[:WARM] for m, v in pump(seed=1, broken=False).items()}
+    events: list[AlertEvent] = []
+    eng = Engine(c, fresh_model(c), Metrics(CollectorRegistry()), events.append)
+    rows = sorted(
+        (
+            Reading(f"plant/p1/{m}", T0 + i, float(v[i]))
+            for m, v in members.items()
+            for i in range(WARM)
+        ),
+        key=lambda r: r.ts,
+    )
+    eng.process([(rows, rows[-1].ts)], now=rows[-1].ts)
+    assert eng.groups is not None
+    gs = eng.groups.groups["plant/p1"]
+    det = eng.groups.model.detector
+    assert isinstance(det, MahalanobisDetector) and gs.threshold is not None
+    names = gs.aligner.members or []
+    state = det.groups["plant/p1"]
+    sign = np.asarray([-1.0 if m == "current" else 1.0 for m in names])  # current against flow
+
+    def row(a: float) -> np.ndarray:
+        out: np.ndarray = state["mean"] + a * sign * state["sd"]
+        return out
+
+    thr = gs.threshold
+    phases = [
+        (_offset_for(det, "plant/p1", row, f * thr), n)
+        for f, n in ((3.0, 40), (0.8, 120), (0.3, 80))
+    ]
+    t, starts = WARM, []
+    for a, n in phases:
+        starts.append(T0 + t)
+        step = row(a)
+        batch = [
+            Reading(f"plant/p1/{m}", T0 + t + i, float(step[j]))
+            for i in range(n)
+            for j, m in enumerate(names)
+        ]
+        eng.process([(batch, batch[-1].ts)], now=batch[-1].ts)
+        t += n
+    return events, starts[1], starts[2]
+
+
+def test_a_raised_group_clears_only_well_below_its_threshold() -> None:
+    events, mid, low = _hysteresis_run(0.6)
+    assert [e.state for e in events] == ["raised", "cleared"]
+    assert events[0].ts < mid and events[1].ts >= low  # held through the 0.8 x threshold phase
+    events, mid, low = _hysteresis_run(1.0)  # no hysteresis: it clears in that phase
+    assert [e.state for e in events] == ["raised", "cleared"]
+    assert mid <= events[1].ts < low
+    with pytest.raises(ConfigError, match=r"groups\.clear_ratio"):
+        from_mapping({"groups": {"clear_ratio": 0}})

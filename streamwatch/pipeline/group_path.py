@@ -115,6 +115,7 @@ class GroupPath:
         half_life = cfg.groups.follow_half_life
         self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
         self._follow_guard = cfg.groups.follow_guard
+        self._clear_ratio = cfg.groups.clear_ratio
         self.missing_steps = 0
         self.restarts = 0
         self.evicted = 0
@@ -291,7 +292,10 @@ class GroupPath:
             thr = gs.threshold
             assert thr is not None
             gs.series.score = float(scores[i])
-            change = gs.alert.update(bool(scores[i] > thr), end)
+            # Hysteresis: a raised alert counts a window as normal only well below the
+            # threshold, so it ends when the event ends, not on the event's tail and again.
+            limit = thr * self._clear_ratio if gs.alert.raised else thr
+            change = gs.alert.update(bool(scores[i] > limit), end)
             if not gs.alert.raised and gs.alert.normal_run > self._follow_guard:
                 follow.append(i)
             if change is None:
