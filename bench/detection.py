@@ -75,7 +75,7 @@ def _nab(cfg: Config, root: Path, quick: bool, flags: str) -> tuple[list[str], l
     out = []
     for split in ("even", "odd", "all"):
         ds = subset(full, nab_split(names, split), split)
-        res, _ = evaluate(_with_groups(cfg), ds, [], protocols=PROTOCOLS)
+        res, _ = evaluate(cfg, ds, [], protocols=PROTOCOLS)  # NAB has no groups
         out.append(res)
         for p, d in _ours(res):
             n = d["nab"]

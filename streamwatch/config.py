@@ -428,6 +428,24 @@ class GroupsConfig(_Strict):
         None, description="Group model bundle; unset: <model_dir>.groups beside model_dir."
     )
     detector: GroupDetectorConfig = MahalanobisConfig()
+    clear_ratio: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Hysteresis: a raised group alert counts a window as normal (toward "
+        "alerts.clear_m) only when its score is at most clear_ratio x its threshold; 1: the "
+        "threshold itself. 0.6 chosen on SKAB experiments 0-7 (0.5-0.8 alike).",
+    )
+    follow_half_life: int = Field(
+        0,
+        ge=0,
+        description="Protected adaptation: a group's normal member means follow slow drift "
+        "with this half-life in grid steps, learning only from windows judged normal, outside "
+        "an alert and `follow_guard` steps clear of any anomalous verdict; 0 turns it off.",
+    )
+    follow_guard: int = Field(
+        60, ge=0, description="Grid steps after an anomalous verdict before following resumes."
+    )
     threshold: ThresholdConfig = Field(
         ThresholdConfig(margin=3.0),
         description="Group thresholds, by the one calibration policy (margin for ratio "

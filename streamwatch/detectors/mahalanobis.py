@@ -102,6 +102,24 @@ class MahalanobisDetector(Detector):
         inv: np.ndarray = np.linalg.inv(cov)
         return inv
 
+    def follow(self, sensors: Sequence[str], values: np.ndarray, rate: float) -> None:
+        """Protected adaptation (the engine's ``Detector.follow`` contract): move each group's
+        normal member means a fraction ``rate`` of the way toward its step in ``values``
+        (B, members), in order where a group has several. Only the level moves: the scales,
+        covariances and part scales stay as learned, so a break in how members move together
+        scores as far out as before. A missing (NaN) member's mean stays."""
+        if not len(sensors):
+            return
+        v = standardised_rows(values)
+        keep = 1.0 - rate
+        for sensor, row in zip(sensors, v, strict=True):
+            state = self.groups.get(sensor)
+            if state is None:
+                continue
+            mean = state["mean"]
+            ok = np.isfinite(row)
+            mean[ok] = keep * mean[ok] + rate * row[ok]
+
     def forget(self, sensor: str) -> None:
         """Drop a group's state."""
         self.groups.pop(sensor, None)

@@ -112,6 +112,10 @@ class GroupPath:
         self._due: list[tuple[str, GroupState, np.ndarray, float, float]] = []
         self._learned: set[str] = set()
         """Groups learned here, online: forgotten again when evicted (bounded memory)."""
+        half_life = cfg.groups.follow_half_life
+        self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
+        self._follow_guard = cfg.groups.follow_guard
+        self._clear_ratio = cfg.groups.clear_ratio
         self.missing_steps = 0
         self.restarts = 0
         self.evicted = 0
@@ -283,11 +287,17 @@ class GroupPath:
         self.scored += len(due)
         self.metrics.windows_scored.inc(len(due))
         events: list[AlertEvent] = []
+        follow: list[int] = []  # windows normal enough to adapt to
         for i, (group, gs, x, start, end) in enumerate(due):
             thr = gs.threshold
             assert thr is not None
             gs.series.score = float(scores[i])
-            change = gs.alert.update(bool(scores[i] > thr), end)
+            # Hysteresis: a raised alert counts a window as normal only well below the
+            # threshold, so it ends when the event ends, not on the event's tail and again.
+            limit = thr * self._clear_ratio if gs.alert.raised else thr
+            change = gs.alert.update(bool(scores[i] > limit), end)
+            if not gs.alert.raised and gs.alert.normal_run > self._follow_guard:
+                follow.append(i)
             if change is None:
                 continue
             state, alert_id = change
@@ -314,9 +324,30 @@ class GroupPath:
                 sensors=self._ranked(group, gs, x),
             )
             events.append(ev)
+        if follow and self._follow_rate:
+            self._follow(det, [due[i] for i in follow])
         for out in events:
             self.sink(out)
         return events
+
+    def _follow(
+        self, det: Any, due: list[tuple[str, GroupState, np.ndarray, float, float]]
+    ) -> None:
+        """Protected adaptation: only windows judged normal, outside an alert and clear of the
+        group's last anomalous verdict by ``groups.follow_guard`` steps move its normal level
+        (each window's newest step, in order). A detector without a level ignores it."""
+        follow = getattr(det, "follow", None)
+        if not callable(follow):
+            return
+        by_width: dict[int, list[int]] = {}
+        for i, d in enumerate(due):
+            by_width.setdefault(d[2].shape[1], []).append(i)
+        for rows in by_width.values():  # one call per member count, in window order
+            follow(
+                [due[i][0] for i in rows],
+                np.stack([due[i][2][-1] for i in rows]),
+                self._follow_rate,
+            )
 
     def _ranked(self, group: str, gs: GroupState, x: np.ndarray) -> list[dict[str, Any]]:
         """The members by their share of the score (most first), with their last values."""
