@@ -47,6 +47,13 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between a sensor's readings in the data (default 1: the cadence the "
+        "detection figures are measured at), played --rate times per second",
+    )
+    p.add_argument(
         "--train-after",
         type=int,
         default=1200,
@@ -138,7 +145,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _print_alert(ev: AlertEvent) -> None:
-    when = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+    when = time.strftime("%H:%M:%S")
     mark = "RAISED " if ev.state == "raised" else "cleared"
     print(
         f"{when}  {mark}  {ev.sensor:<8} score {ev.score:9.2f}  threshold {ev.threshold:7.2f}"
@@ -147,14 +154,18 @@ def _print_alert(ev: AlertEvent) -> None:
     )
 
 
-def _announce(events: list[Any], stop: threading.Event) -> None:
-    """Print each injected anomaly as its start time passes, so alerts can be checked."""
+def _announce(
+    events: list[Any], stop: threading.Event, start_ts: float, wall0: float, speed: float
+) -> None:
+    """Print each injected anomaly as its start is played (data time ``start_ts`` is played
+    at wall time ``wall0``, ``speed`` data seconds a second), so alerts can be checked."""
     for ev in sorted(events, key=lambda e: e.start):
-        if stop.wait(max(0.0, ev.start - time.time())):
+        if stop.wait(max(0.0, wall0 + (ev.start - start_ts) / speed - time.time())):
             return
-        when = time.strftime("%H:%M:%S", time.localtime(ev.start))
         print(
-            f"{when}  injected {ev.kind} on {ev.sensor} for {ev.end - ev.start:.0f} s", flush=True
+            f"{time.strftime('%H:%M:%S')}  injected {ev.kind} on {ev.sensor} for "
+            f"{(ev.end - ev.start) / speed:.0f} s",
+            flush=True,
         )
 
 
@@ -215,23 +226,31 @@ def _demo(args: argparse.Namespace) -> int:
     learn = cfg.learning.warmup
     if cfg.detector.type == "lstm-vae":
         learn = max(learn, cfg.learning.auto_train_readings)
-    warm_s = learn / args.rate + 5.0  # no anomaly while the detector learns what normal is
+    # The data: one reading per --interval seconds per sensor, played --rate readings a second
+    # (by default 1 s data at 10x), stamped from six days back so that the faster playback
+    # never runs ahead of the clock (timestamps up to seven days old are accepted).
+    speed = args.rate * args.interval
+    warm_s = (learn + 50) * args.interval  # data seconds with no anomaly while it learns
 
     def feed() -> None:
-        start, seed, chunk_s = time.time(), args.seed, 600.0
+        start, seed, chunk_s = time.time() - 6 * 86400.0, args.seed, 1800.0 * args.interval
         first = True
+        wall0 = time.time()
         while not stop.is_set():
             sim = simulate(
                 args.sensors,
                 chunk_s,
-                args.rate,
+                1.0 / args.interval,
                 seed,
                 start_ts=start,
-                anomalies=AnomalySpec(rate_per_hour=30.0),
-                warmup_s=warm_s if first else 30.0,
+                anomalies=AnomalySpec(rate_per_hour=60.0 / speed),  # about one per 20 s played
+                warmup_s=warm_s if first else 30.0 * args.interval,
             )
             announcer = threading.Thread(
-                target=_announce, args=(sim.events, stop), name="announcer", daemon=True
+                target=_announce,
+                args=(sim.events, stop, start, wall0, speed),
+                name="announcer",
+                daemon=True,
             )
             announcer.start()
             try:
@@ -241,6 +260,7 @@ def _demo(args: argparse.Namespace) -> int:
                     broker.port,
                     protocol="3.1.1",
                     realtime=True,
+                    speed=speed,
                     stop_event=stop,
                     client_id="streamwatch-demo-sim",
                 )
@@ -248,6 +268,7 @@ def _demo(args: argparse.Namespace) -> int:
                 print(f"demo: simulator stopped: {exc}", file=sys.stderr, flush=True)
                 return
             start, seed, first = start + chunk_s, seed + 1, False
+            wall0 += chunk_s / speed
 
     sim_thread = threading.Thread(target=feed, name="simulator", daemon=True)
     if not daemon.wait_ready(15):
@@ -255,12 +276,14 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     sim_thread.start()
     print(
-        f"streamwatch demo: {args.sensors} simulated sensors at {args.rate:g} readings/s\n"
+        f"streamwatch demo: {args.sensors} simulated sensors, one reading every "
+        f"{args.interval:g} s of data, played at {args.rate:g} readings/s\n"
         f"  broker   {broker.url}   (try: mosquitto_sub -p {broker.port} -t 'streamwatch/#' -v)\n"
         f"  live     http://127.0.0.1:{daemon.metrics_port}/   (sensors, scores, alerts, mute)\n"
         f"  metrics  http://127.0.0.1:{daemon.metrics_port}/metrics\n"
         f"  detector {_demo_plan(cfg, args.rate)}\n"
-        f"  anomalies are injected from {warm_s:.0f} s on; alerts print here. Ctrl-C stops.",
+        f"  anomalies are injected from {warm_s / speed:.0f} s on; alerts print here. "
+        "Ctrl-C stops.",
         flush=True,
     )
     try:
