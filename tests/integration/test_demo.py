@@ -12,9 +12,9 @@ import pytest
 
 @pytest.mark.integration
 def test_the_demo_warms_up_and_alerts_on_injected_anomalies() -> None:
-    # Played at 60 readings/s (1-second data), warm-up takes about 9 s; anomalies follow.
+    # Played at 40 readings/s (1-second data), warm-up takes about 14 s; anomalies follow.
     r = subprocess.run(
-        [sys.executable, "-m", "streamwatch", "demo", "--rate", "60", "--duration", "45"],
+        [sys.executable, "-m", "streamwatch", "demo", "--rate", "40", "--duration", "70"],
         capture_output=True,
         text=True,
         timeout=180,
