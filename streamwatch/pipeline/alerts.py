@@ -40,6 +40,10 @@ class AlertEvent:
     """For a combined score: each part's share of the threshold (1.0 = at it)."""
     reason: str | None = None
     """Why a transition happened other than by verdicts (``evicted``: the sensor went)."""
+    kind: str = "process"
+    """``process`` (the model's verdict) or ``sensor_fault`` (a fault check's)."""
+    fault: str | None = None
+    """For a sensor fault: which (see :mod:`streamwatch.pipeline.faults`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -60,6 +64,9 @@ class AlertEvent:
             doc["parts"] = self.parts
         if self.reason is not None:
             doc["reason"] = self.reason
+        doc["kind"] = self.kind
+        if self.fault is not None:
+            doc["fault"] = self.fault
         return doc
 
     def payload(self) -> bytes:
@@ -126,6 +133,15 @@ class AlertState:
             cleared, self.alert_id, self.history = self.alert_id, None, 0
             return CLEARED, cleared
         return None
+
+    def force_raise(self, ts: float) -> str:
+        """Raise now whatever the recent verdicts (a fault judged with no reading to give a
+        verdict on, such as silence); returns the new alert id."""
+        self.alert_id = uuid.uuid4().hex
+        self.since_raise = 0
+        self.normal_run = 0
+        self.last_anomalous = ts
+        return self.alert_id
 
     def restore(self, alert_id: str | None) -> None:
         """Resume an alert that was raised before a restart (so it is not raised twice)."""

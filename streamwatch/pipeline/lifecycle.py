@@ -69,6 +69,8 @@ class SensorState:
     """The longest of them."""
     gap_limit: float = math.inf
     """A reading after a longer gap is anomalous (a dropout); set after ``warmup`` readings."""
+    fault: Any = None
+    """The sensor-fault checks' state (:class:`streamwatch.pipeline.faults.FaultState`)."""
 
 
 class SensorLifecycle:

@@ -1,0 +1,282 @@
+"""Sensor-fault checks beside the model: is the *sensor* wrong, rather than the process?
+
+Cheap and always on (``[faults]``), vectorised over each scored batch's window rows:
+
+- **stuck**: the newest ``stuck_span`` readings of a window spread over at most
+  ``stuck_ratio`` times the sensor's learned step noise (the median change between readings).
+  A sensor that normally holds flat that long (quantised, slow) is not judged: its chance of a
+  flat span, learned from the fraction of repeated readings, must be below
+  :data:`FLAT_CHANCE`;
+- **rail**: stuck at or beyond the extremes seen while learning (a saturated transmitter);
+- **out_of_range**: a reading outside the physical limits that ``[[faults.ranges]]`` gives
+  the sensor's pattern (MQTT-style patterns, first match wins);
+- **silent**: no reading for longer than the sensor's gap limit (``learning.gap_factor`` x its
+  longest warm-up interval, the limit of the dropout verdict) or ``silent_min_s``, whichever is
+  longer. Judged live on the worker's idle sweep (:meth:`Faults.sweep`), so it fires while
+  nothing arrives, and cleared by the next reading (reason ``resumed``); that reading's gap
+  verdict is then not given again. A dropout first seen when the next reading arrives (no
+  sweep in between, as in replay) is the same fault, reported then.
+
+A sensor's noise and seen range are learned on its first ``learn_windows`` windows judged
+normal by the model (after warm-up, or from the start with a trained model), again after a
+``relearn``; until then only out_of_range and silent are judged. A fault verdict is an
+anomalous verdict for the alert state machine, and the alert it raises carries
+``kind: sensor_fault`` and ``fault``; any other raise is ``kind: process``. A sensor in fault
+is kept out of learning the way maintenance is (:attr:`Faults.faulted`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamwatch.config import FaultsConfig
+from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
+from streamwatch.pipeline.groups import Pattern
+
+log = logging.getLogger(__name__)
+
+PROCESS = "process"
+SENSOR_FAULT = "sensor_fault"
+OK, STUCK, RAIL, OUT_OF_RANGE, SILENT = 0, 1, 2, 3, 4
+NAMES = {STUCK: "stuck", RAIL: "rail", OUT_OF_RANGE: "out_of_range", SILENT: "silent"}
+"""Fault code -> the ``fault`` an alert and the metrics name."""
+FAULT_NAMES = tuple(NAMES.values())
+FLAT_CHANCE = 1e-6
+"""A sensor is judged for stuck only if a normal span this flat is rarer than this."""
+
+
+def compile_pattern(text: str) -> Pattern:
+    """A sensor-id pattern (``+`` one level, ``#`` the rest, last); ValueError if bad."""
+    levels = tuple(text.split("/"))
+    if not text or any(not lv for lv in levels):
+        raise ValueError(f"pattern {text!r}: empty level")
+    for i, lv in enumerate(levels):
+        if ("+" in lv and lv != "+") or ("#" in lv and lv != "#"):
+            raise ValueError(f"pattern {text!r}: '+' and '#' must be whole levels")
+        if lv == "#" and i != len(levels) - 1:
+            raise ValueError(f"pattern {text!r}: '#' must be the last level")
+    return Pattern(text, levels, 0)
+
+
+@dataclass(slots=True)
+class FaultState:
+    """One sensor's fault-check state (on its :class:`~.lifecycle.SensorState`)."""
+
+    lo_limit: float = -math.inf
+    hi_limit: float = math.inf
+    noise: float = 0.0
+    """Learned median change between readings; 0 = stuck not judged (yet)."""
+    lo: float = math.inf
+    hi: float = -math.inf
+    """The extremes seen while learning."""
+    learned: int = 0
+    steps: list[float] = field(default_factory=list)
+    flat: int = 0
+    diffs: int = 0
+    current: int = OK
+    """The latest check's fault code."""
+    raised: str | None = None
+    """The fault that raised the sensor's alert, if a fault did."""
+
+
+class Faults:
+    """The fault checks of every sensor (worker thread only)."""
+
+    def __init__(self, cfg: FaultsConfig, metrics: Metrics, stride: int) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.stride = stride
+        self.ranges = [(compile_pattern(r.pattern), r.min, r.max) for r in cfg.ranges]
+        self.faulted: set[str] = set()
+        """Sensors in fault now: scored, but kept out of learning (as in maintenance)."""
+        self.silent: set[str] = set()
+        """Sensors in a live silent fault (cleared by their next reading)."""
+
+    # -- per sensor -----------------------------------------------------------------------
+
+    def attach(self, sensor: str, st: Any) -> FaultState:
+        """The sensor's fault state, created with its configured limits if new."""
+        f: FaultState | None = st.fault
+        if f is None:
+            f = st.fault = FaultState()
+            for pat, lo, hi in self.ranges:
+                if pat.match(sensor) is not None:
+                    f.lo_limit = -math.inf if lo is None else lo
+                    f.hi_limit = math.inf if hi is None else hi
+                    break
+        return f
+
+    def _set(self, sensor: str, f: FaultState, code: int) -> None:
+        if code == f.current:
+            return
+        if f.current:
+            self.metrics.sensors_in_fault.labels(NAMES[f.current]).dec()
+        if code:
+            self.metrics.sensors_in_fault.labels(NAMES[code]).inc()
+            self.faulted.add(sensor)
+        else:
+            self.faulted.discard(sensor)
+        if code == SILENT:
+            self.silent.add(sensor)
+        elif f.current == SILENT:
+            self.silent.discard(sensor)
+        f.current = code
+
+    def forget(self, sensor: str, st: Any) -> None:
+        """The sensor is gone or relearns: leave the fault sets and learn afresh."""
+        f: FaultState | None = st.fault
+        if f is not None:
+            self._set(sensor, f, OK)
+            st.fault = None
+
+    # -- the batch checks -----------------------------------------------------------------
+
+    def check(
+        self, sensors: Sequence[str], states: Sequence[Any], x: np.ndarray, normal: np.ndarray
+    ) -> np.ndarray:
+        """Fault codes of a scored batch's rows (``x``: one window per row, oldest first);
+        rows the model judged ``normal`` teach the sensors still learning."""
+        n = len(states)
+        codes = np.zeros(n, dtype=np.int8)
+        if not self.cfg.enabled or n == 0:
+            return codes
+        fs = [st.fault or self.attach(s, st) for s, st in zip(sensors, states, strict=True)]
+        p = np.array(
+            [(f.noise, f.lo, f.hi, f.learned, f.current, f.lo_limit, f.hi_limit) for f in fs],
+            dtype=np.float64,
+        ).reshape(n, 7)
+        width = x.shape[1]
+        if width >= 3:
+            noise = p[:, 0]
+            span = x[:, -min(self.cfg.stuck_span, width) :]
+            spread = span.max(axis=1) - span.min(axis=1)
+            stuck = (noise > 0) & (spread <= self.cfg.stuck_ratio * noise)
+            if stuck.any():
+                last = x[:, -1]
+                codes[stuck] = STUCK
+                codes[stuck & ((last >= p[:, 2]) | (last <= p[:, 1]))] = RAIL
+            learning = np.flatnonzero((p[:, 3] < self.cfg.learn_windows) & normal)
+            if learning.size:
+                self._learn(fs, x, learning)
+        if self.ranges:
+            recent = x[:, -min(self.stride, width) :]
+            out = ((recent < p[:, 5:6]) | (recent > p[:, 6:7])).any(axis=1)
+            codes[out] = OUT_OF_RANGE
+        moved = np.flatnonzero((codes != OK) | (p[:, 4] != OK))
+        if moved.size:  # rare: set each such sensor to its newest row's verdict
+            names = {sensors[i] for i in moved}
+            newest = {s: i for i, s in enumerate(sensors) if s in names}
+            for s, i in newest.items():
+                self._set(s, fs[i], int(codes[i]))
+        return codes
+
+    def _learn(self, fs: list[FaultState], x: np.ndarray, rows: np.ndarray) -> None:
+        w = x[rows]
+        d = np.abs(np.diff(w, axis=1))
+        steps = np.median(d, axis=1)
+        flats = (d == 0).sum(axis=1)
+        lo, hi = w.min(axis=1), w.max(axis=1)
+        span = min(self.cfg.stuck_span, x.shape[1])
+        for k, i in enumerate(rows.tolist()):
+            f = fs[i]
+            if f.learned >= self.cfg.learn_windows:
+                continue  # a sensor with several rows in this batch
+            f.steps.append(float(steps[k]))
+            f.flat += int(flats[k])
+            f.diffs += d.shape[1]
+            f.lo = min(f.lo, float(lo[k]))
+            f.hi = max(f.hi, float(hi[k]))
+            f.learned += 1
+            if f.learned == self.cfg.learn_windows:
+                p_flat = f.flat / max(f.diffs, 1)
+                flat_ok = p_flat == 0 or p_flat ** (span - 1) < FLAT_CHANCE
+                f.noise = float(np.median(f.steps)) if flat_ok else 0.0
+                f.steps = []
+
+    # -- alert labels ---------------------------------------------------------------------
+
+    def raised(self, ev: AlertEvent, st: Any, code: int, gap: bool) -> None:
+        """Label a raise by what caused it (a fault takes precedence) and count it."""
+        if code or gap:
+            name = NAMES[code] if code else NAMES[SILENT]
+            ev.kind, ev.fault = SENSOR_FAULT, name
+            self.attach(ev.sensor, st).raised = name
+            self.metrics.sensor_faults.labels(name).inc()
+        self.metrics.alert_raises.labels(ev.kind).inc()
+
+    def cleared(self, ev: AlertEvent, st: Any) -> None:
+        """Label a clear like the raise it ends."""
+        f: FaultState | None = st.fault
+        if f is not None and f.raised is not None:
+            ev.kind, ev.fault = SENSOR_FAULT, f.raised
+            f.raised = None
+
+    # -- silence --------------------------------------------------------------------------
+
+    def sweep(
+        self, now: float, windows: Any, quiet: Container[str], detector: str
+    ) -> list[AlertEvent]:
+        """Raise ``silent`` for every scored sensor with no reading for longer than its limit
+        (not while ``quiet``: muted or in maintenance); returns the raises."""
+        if not self.cfg.enabled:
+            return []
+        floor = self.cfg.silent_min_s
+        cutoff = now - floor
+        events: list[AlertEvent] = []
+        for sensor, sw in windows.sensors.items():  # least recently seen first
+            if sw.last_seen >= cutoff:
+                break
+            st = sw.state
+            if st is None or st.threshold is None or sensor in self.silent:
+                continue
+            if now - sw.last_seen <= max(st.gap_limit, floor):
+                continue
+            f = self.attach(sensor, st)
+            self._set(sensor, f, SILENT)
+            if st.alert.raised or sensor in quiet:
+                continue
+            alert_id = st.alert.force_raise(sw.last_ts)
+            last = sw.last_ts
+            ev = AlertEvent(
+                sensor, RAISED, now, math.nan, st.threshold, detector, last, last, alert_id
+            )
+            ev.reason = "silent"
+            self.raised(ev, st, SILENT, False)
+            st.series.raised += 1
+            st.series.active = 1
+            events.append(ev)
+            log.warning("sensor %s silent for %.0f s", sensor, now - sw.last_seen)
+        return events
+
+    def resumed(self, sensor: str, st: Any, ts: float, detector: str) -> AlertEvent | None:
+        """A reading from a silent sensor: the fault ends, and the alert it raised clears."""
+        f = self.attach(sensor, st)
+        self._set(sensor, f, OK)
+        alert = st.alert
+        if f.raised != NAMES[SILENT] or alert.alert_id is None:
+            return None
+        ev = AlertEvent(
+            sensor,
+            CLEARED,
+            ts,
+            math.nan,
+            st.threshold if st.threshold is not None else math.nan,
+            detector,
+            ts,
+            ts,
+            alert.alert_id,
+            reason="resumed",
+        )
+        alert.restore(None)
+        alert.history = 0
+        self.cleared(ev, st)
+        st.series.cleared += 1
+        st.series.active = 0
+        return ev
