@@ -486,7 +486,10 @@ class FaultsConfig(_Strict):
         "step noise (the median change between readings).",
     )
     learn_windows: int = Field(
-        50, ge=1, description="Normal scored windows a sensor's noise and range are learned on."
+        25,
+        ge=1,
+        description="A sensor a trained model knows (no warm-up) learns its noise and range "
+        "from this many normal windows that do not overlap.",
     )
     silent_min_s: float = Field(
         60.0,

@@ -73,6 +73,7 @@ class Engine:
         self.on_scores = None
         """Called once per scored batch with (sensors, window ends, scores, thresholds)."""
         self.faults = Faults(cfg.faults, metrics, cfg.windows.stride)
+        self.lifecycle.on_warmed = self.faults.learn_series
         """Sensor-fault checks beside the model (:mod:`streamwatch.pipeline.faults`)."""
         self.groups: GroupPath | None = None
         """The path for sensors that ``[groups]`` patterns put in groups (None without)."""

@@ -4,9 +4,8 @@ Cheap and always on (``[faults]``), vectorised over each scored batch's window r
 
 - **stuck**: the newest ``stuck_span`` readings of a window spread over at most
   ``stuck_ratio`` times the sensor's learned step noise (the median change between readings).
-  A sensor that normally holds flat that long (quantised, slow) is not judged: its chance of a
-  flat span, learned from the fraction of repeated readings, must be below
-  :data:`FLAT_CHANCE`;
+  A frozen transmitter repeats its last value exactly, so a sensor whose learned readings
+  repeat exactly more often than :data:`MAX_REPEATS` (quantised, slow) is not judged;
 - **rail**: stuck at or beyond the extremes seen while learning (a saturated transmitter);
 - **out_of_range**: a reading outside the physical limits that ``[[faults.ranges]]`` gives
   the sensor's pattern (MQTT-style patterns, first match wins);
@@ -17,9 +16,11 @@ Cheap and always on (``[faults]``), vectorised over each scored batch's window r
   verdict is then not given again. A dropout first seen when the next reading arrives (no
   sweep in between, as in replay) is the same fault, reported then.
 
-A sensor's noise and seen range are learned on its first ``learn_windows`` windows judged
-normal by the model (after warm-up, or from the start with a trained model), again after a
-``relearn``; until then only out_of_range and silent are judged. A fault verdict is an
+A sensor's noise, repeat share and seen range are learned from its warm-up readings (the
+same readings its threshold is calibrated on); a sensor a trained model already knows learns
+them from ``learn_windows`` windows judged normal by the model, not overlapping, instead. Nothing is
+saved: after a restart they are learned again that way, and after a ``relearn`` from the new
+warm-up. Until then only out_of_range and silent are judged. A fault verdict is an
 anomalous verdict for the alert state machine, and the alert it raises carries
 ``kind: sensor_fault`` and ``fault``; any other raise is ``kind: process``. A sensor in fault
 is kept out of learning the way maintenance is (:attr:`Faults.faulted`).
@@ -48,8 +49,10 @@ OK, STUCK, RAIL, OUT_OF_RANGE, SILENT = 0, 1, 2, 3, 4
 NAMES = {STUCK: "stuck", RAIL: "rail", OUT_OF_RANGE: "out_of_range", SILENT: "silent"}
 """Fault code -> the ``fault`` an alert and the metrics name."""
 FAULT_NAMES = tuple(NAMES.values())
-FLAT_CHANCE = 1e-6
-"""A sensor is judged for stuck only if a normal span this flat is rarer than this."""
+MAX_REPEATS = 0.01
+"""A sensor is judged for stuck only if at most this share of its learned readings repeat the
+one before exactly: a frozen transmitter repeats its value, and for a quantised or slow sensor
+that repeats often a flat span is normal (repeats cluster, so no span length makes it safe)."""
 
 
 def compile_pattern(text: str) -> Pattern:
@@ -77,6 +80,8 @@ class FaultState:
     hi: float = -math.inf
     """The extremes seen while learning."""
     learned: int = 0
+    offered: int = 0
+    """Normal windows offered to learning (every ``window // stride``-th is taken)."""
     steps: list[float] = field(default_factory=list)
     flat: int = 0
     diffs: int = 0
@@ -183,11 +188,12 @@ class Faults:
         steps = np.median(d, axis=1)
         flats = (d == 0).sum(axis=1)
         lo, hi = w.min(axis=1), w.max(axis=1)
-        span = min(self.cfg.stuck_span, x.shape[1])
+        every = max(1, x.shape[1] // self.stride)  # windows that do not overlap
         for k, i in enumerate(rows.tolist()):
             f = fs[i]
-            if f.learned >= self.cfg.learn_windows:
-                continue  # a sensor with several rows in this batch
+            f.offered += 1
+            if f.learned >= self.cfg.learn_windows or (f.offered - 1) % every:
+                continue  # overlapping, or a sensor with several rows in this batch
             f.steps.append(float(steps[k]))
             f.flat += int(flats[k])
             f.diffs += d.shape[1]
@@ -195,10 +201,23 @@ class Faults:
             f.hi = max(f.hi, float(hi[k]))
             f.learned += 1
             if f.learned == self.cfg.learn_windows:
-                p_flat = f.flat / max(f.diffs, 1)
-                flat_ok = p_flat == 0 or p_flat ** (span - 1) < FLAT_CHANCE
-                f.noise = float(np.median(f.steps)) if flat_ok else 0.0
-                f.steps = []
+                self._learned(f, float(np.median(f.steps)))
+
+    def _learned(self, f: FaultState, step: float) -> None:
+        f.learned = self.cfg.learn_windows
+        f.noise = step if f.flat <= MAX_REPEATS * max(f.diffs, 1) else 0.0
+        f.steps = []
+
+    def learn_series(self, sensor: str, st: Any, values: np.ndarray) -> None:
+        """Learn a sensor's noise and range from its warm-up readings (a sensor the model
+        already knows learns from its first normal windows instead)."""
+        if values.size < 3:
+            return
+        f = self.attach(sensor, st)
+        d = np.abs(np.diff(values))
+        f.flat, f.diffs = int((d == 0).sum()), int(d.size)
+        f.lo, f.hi = float(values.min()), float(values.max())
+        self._learned(f, float(np.median(d)))
 
     # -- alert labels ---------------------------------------------------------------------
 

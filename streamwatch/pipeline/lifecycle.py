@@ -99,6 +99,8 @@ class SensorLifecycle:
         self._pool: ThreadPoolExecutor | None = None
         self._fits: list[tuple[Detector, str, np.ndarray, Future[dict[str, Any]]]] = []
         self._collect: dict[str, list[float]] | None = None
+        self.on_warmed: Callable[[str, SensorState, np.ndarray], None] | None = None
+        """Called with a sensor's warm-up readings once it is scored (the fault checks)."""
         self.version = 0
         """Counts changes to what the model holds (sensors learned, forgotten, a swap)."""
         if needs_stand_in(model, cfg) and on_training_data is not None:
@@ -221,6 +223,8 @@ class SensorLifecycle:
             model.thresholds.per_sensor[sensor] = thr
             self.version += 1
         self.mark_scored(st, thr)
+        if self.on_warmed is not None:
+            self.on_warmed(sensor, st, values)
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
 
     def _fit_failed(self, sensor: str, st: SensorState, exc: Exception) -> None:
