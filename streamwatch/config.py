@@ -491,6 +491,12 @@ class FaultsConfig(_Strict):
         description="A sensor a trained model knows (no warm-up) learns its noise and range "
         "from this many normal windows that do not overlap.",
     )
+    reclassify_verdicts: int = Field(
+        20,
+        ge=0,
+        description="A process alert is made a sensor fault (published again, reason "
+        "reclassified) if a fault check finds one within this many verdicts of its raise.",
+    )
     silent_min_s: float = Field(
         60.0,
         gt=0,

@@ -263,6 +263,7 @@ class Engine:
         raised_rows: list[tuple[int, int]] = []  # (event index, row index)
         life = self.lifecycle
         learn = life.collecting
+        recheck = set(np.flatnonzero(codes).tolist()) if codes.any() else None
         for i, st in enumerate(states):
             series = st.series
             series.score = float(scores[i])
@@ -272,6 +273,12 @@ class Engine:
                 # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
             if change is None:
+                if recheck and i in recheck and alert.raised:
+                    ev = faults.reclassified(
+                        sensors[i], st, int(codes[i]), ends[i], float(scores[i]), det.name
+                    )
+                    if ev is not None:
+                        events.append(ev)
                 continue
             state, alert_id = change
             self._raised_changed = True

@@ -230,6 +230,29 @@ class Faults:
             self.metrics.sensor_faults.labels(name).inc()
         self.metrics.alert_raises.labels(ev.kind).inc()
 
+    def reclassified(
+        self, sensor: str, st: Any, code: int, ts: float, score: float, detector: str
+    ) -> AlertEvent | None:
+        """A fault found soon after a process raise: the model saw the fault first (a frozen
+        value far from the normal level trips it in a few readings, the stuck check needs
+        ``stuck_span``). The same alert is published again as the sensor fault it is."""
+        f: FaultState | None = st.fault
+        alert = st.alert
+        if (
+            f is None
+            or f.raised is not None
+            or alert.alert_id is None
+            or alert.since_raise > self.cfg.reclassify_verdicts
+        ):
+            return None
+        name = NAMES[code]
+        f.raised = name
+        self.metrics.sensor_faults.labels(name).inc()
+        thr = st.threshold if st.threshold is not None else math.nan
+        ev = AlertEvent(sensor, RAISED, ts, score, thr, detector, ts, ts, alert.alert_id)
+        ev.kind, ev.fault, ev.reason = SENSOR_FAULT, name, "reclassified"
+        return ev
+
     def cleared(self, ev: AlertEvent, st: Any) -> None:
         """Label a clear like the raise it ends."""
         f: FaultState | None = st.fault
