@@ -269,7 +269,7 @@ class Engine:
             series.score = float(scores[i])
             alert = st.alert
             change = alert.update(bool(verdicts[i]), ends[i])
-            if learn and not (maint and sensors[i] in maint):
+            if learn and not codes[i] and not (maint and sensors[i] in maint):
                 # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not alert.raised)
             if change is None:
