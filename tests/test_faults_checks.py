@@ -104,7 +104,7 @@ def test_out_of_range_by_pattern_first_match_wins() -> None:
     [{"pattern": "pl+nt/#", "max": 1.0}, {"pattern": "#/x"}, {"pattern": "a", "min": 2, "max": 1}],
 )
 def test_bad_ranges_are_config_errors(rng_cfg: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="faults.ranges"):
+    with pytest.raises(ConfigError, match=r"faults\.ranges"):
         from_mapping({"faults": {"ranges": [rng_cfg]}})
 
 
