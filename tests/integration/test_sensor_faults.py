@@ -5,6 +5,7 @@ publishing ``silent`` while nothing arrives, cleared by its next reading."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 import streamwatch.daemon as daemon_mod
 from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
-from tests.helpers import Collector, Mosquitto, Publisher, wait_until
+from tests.helpers import Collector, Mosquitto, Publisher, http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,12 @@ class Plant:
             if a["state"] == "raised"
         }
 
+    def page(self) -> dict[str, dict[str, Any]]:
+        """The live page's sensors by id."""
+        status, body = http_get(f"http://127.0.0.1:{self.daemon.metrics_port}/api/state")
+        assert status == 200, body
+        return {s["id"]: s for s in json.loads(body)["sensors"]}
+
     def close(self) -> None:
         self.pub.close()
         self.daemon.stop()
@@ -115,6 +122,8 @@ def test_flatline_is_stuck_and_level_shift_is_process(plant: Plant) -> None:
     assert (reg.get_sample_value("streamwatch_alert_raises_total", {"kind": "process"}) or 0) >= 1
     # The frozen sensor is in fault; the fault ends with its movement, the alert then clears
     assert reg.get_sample_value("streamwatch_sensors_in_fault", {"fault": "stuck"}) == 1
+    assert wait_until(lambda: plant.page()[temp].get("state") == "fault")
+    assert plant.page()[temp]["fault"] == "stuck" and plant.page()[flow]["fault"] is None
     plant.readings({temp: _normal(60, 4)})
     assert reg.get_sample_value("streamwatch_sensors_in_fault", {"fault": "stuck"}) == 0
     assert plant.out.wait_for(lambda c: plant.alerts(temp)[-1]["state"] == "cleared")
