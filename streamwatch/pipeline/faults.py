@@ -74,8 +74,8 @@ class FaultState:
 
     lo_limit: float = -math.inf
     hi_limit: float = math.inf
-    noise: float = 0.0
-    """Learned median change between readings; 0 = stuck not judged (yet)."""
+    noise: float = -1.0
+    """Learned median change between readings; 0: never judged stuck; -1: still learning."""
     lo: float = math.inf
     hi: float = -math.inf
     """The extremes seen while learning."""
@@ -152,37 +152,44 @@ class Faults:
         codes = np.zeros(n, dtype=np.int8)
         if not self.cfg.enabled or n == 0:
             return codes
-        fs = [st.fault or self.attach(s, st) for s, st in zip(sensors, states, strict=True)]
-        p = np.array(
-            [(f.noise, f.lo, f.hi, f.learned, f.current, f.lo_limit, f.hi_limit) for f in fs],
-            dtype=np.float64,
-        ).reshape(n, 7)
+        # One pass over the rows in Python (the noise; -1 while learning), the rest in numpy.
+        noise = np.fromiter(
+            (-1.0 if (f := st.fault) is None else f.noise for st in states), np.float64, n
+        )
         width = x.shape[1]
         if width >= 3:
-            noise = p[:, 0]
-            span = x[:, -min(self.cfg.stuck_span, width) :]
-            spread = span.max(axis=1) - span.min(axis=1)
-            stuck = (noise > 0) & (spread <= self.cfg.stuck_ratio * noise)
-            if stuck.any():
-                last = x[:, -1]
-                codes[stuck] = STUCK
-                codes[stuck & ((last >= p[:, 2]) | (last <= p[:, 1]))] = RAIL
-            learning = np.flatnonzero((p[:, 3] < self.cfg.learn_windows) & normal)
+            judged = noise > 0
+            if judged.any():
+                span = x[:, -min(self.cfg.stuck_span, width) :]
+                spread = span.max(axis=1) - span.min(axis=1)
+                stuck = np.flatnonzero(judged & (spread <= self.cfg.stuck_ratio * noise))
+                for i in stuck.tolist():  # rare: stuck, or at a rail?
+                    f = states[i].fault
+                    last = x[i, -1]
+                    codes[i] = RAIL if last >= f.hi or last <= f.lo else STUCK
+            learning = np.flatnonzero((noise < 0) & normal)
             if learning.size:
-                self._learn(fs, x, learning)
+                self._learn(sensors, states, x, learning)
         if self.ranges:
+            fs = [st.fault or self.attach(s, st) for s, st in zip(sensors, states, strict=True)]
+            lo = np.fromiter((f.lo_limit for f in fs), np.float64, n)
+            hi = np.fromiter((f.hi_limit for f in fs), np.float64, n)
             recent = x[:, -min(self.stride, width) :]
-            out = ((recent < p[:, 5:6]) | (recent > p[:, 6:7])).any(axis=1)
+            out = ((recent < lo[:, None]) | (recent > hi[:, None])).any(axis=1)
             codes[out] = OUT_OF_RANGE
-        moved = np.flatnonzero((codes != OK) | (p[:, 4] != OK))
-        if moved.size:  # rare: set each such sensor to its newest row's verdict
-            names = {sensors[i] for i in moved}
-            newest = {s: i for i, s in enumerate(sensors) if s in names}
+        if self.faulted or codes.any():  # rare: set each such sensor to its newest verdict
+            faulted = self.faulted
+            names = {sensors[i] for i in np.flatnonzero(codes).tolist()}
+            newest = {s: i for i, s in enumerate(sensors) if s in names or s in faulted}
             for s, i in newest.items():
-                self._set(s, fs[i], int(codes[i]))
+                code = int(codes[i])
+                if code or states[i].fault.current != SILENT:  # silence ends by a reading
+                    self._set(s, self.attach(s, states[i]), code)
         return codes
 
-    def _learn(self, fs: list[FaultState], x: np.ndarray, rows: np.ndarray) -> None:
+    def _learn(
+        self, sensors: Sequence[str], states: Sequence[Any], x: np.ndarray, rows: np.ndarray
+    ) -> None:
         w = x[rows]
         d = np.abs(np.diff(w, axis=1))
         steps = np.median(d, axis=1)
@@ -190,7 +197,7 @@ class Faults:
         lo, hi = w.min(axis=1), w.max(axis=1)
         every = max(1, x.shape[1] // self.stride)  # windows that do not overlap
         for k, i in enumerate(rows.tolist()):
-            f = fs[i]
+            f = states[i].fault or self.attach(sensors[i], states[i])
             f.offered += 1
             if f.learned >= self.cfg.learn_windows or (f.offered - 1) % every:
                 continue  # overlapping, or a sensor with several rows in this batch
