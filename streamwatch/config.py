@@ -485,6 +485,13 @@ class FaultsConfig(_Strict):
         description="Stuck: the span's spread is at most this fraction of the sensor's learned "
         "step noise (the median change between readings).",
     )
+    quantisation_share: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Quantisation: a window of a sensor whose readings never repeat holds at "
+        "most this share of distinct values (0 turns it off).",
+    )
     learn_windows: int = Field(
         25,
         ge=1,

@@ -81,6 +81,22 @@ def test_a_sensor_that_repeats_readings_normally_is_not_judged_stuck() -> None:
     assert not _check(f, "a", st, np.full((1, W), 10.0)).any()
 
 
+def test_a_continuous_sensor_gone_coarse_is_a_quantisation_fault() -> None:
+    rng = np.random.default_rng(9)
+    f, reg = _faults()
+    st = _state()
+    f.learn_series("a", st, rng.normal(10.0, 1.0, 500))
+    assert not _check(f, "a", st, _windows(rng.normal(10.0, 1.0, 5000))).any()
+    coarse = np.round(rng.normal(10.0, 1.0, W) / 2.0) * 2.0  # 2-unit steps: a few levels
+    assert len(np.unique(coarse)) <= W // 4
+    assert _check(f, "a", st, coarse[None, :])[0] == F.QUANTISATION
+    assert reg.get_sample_value("streamwatch_sensors_in_fault", {"fault": "quantisation"}) == 1
+    off, _ = _faults(quantisation_share=0)
+    st2 = _state()
+    off.learn_series("a", st2, rng.normal(10.0, 1.0, 500))
+    assert _check(off, "a", st2, coarse[None, :])[0] == F.OK
+
+
 def test_out_of_range_by_pattern_first_match_wins() -> None:
     f, reg = _faults(
         ranges=[

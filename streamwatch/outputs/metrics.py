@@ -158,7 +158,8 @@ class Metrics:
         )
         self.sensor_faults = Counter(
             "streamwatch_sensor_faults",
-            "Sensor-fault alerts raised, by fault (stuck, rail, out_of_range, silent)",
+            "Sensor-fault alerts raised, by fault (stuck, rail, out_of_range, silent, "
+            "quantisation)",
             ["fault"],
             registry=registry,
         )
@@ -174,7 +175,7 @@ class Metrics:
             ["fault"],
             registry=registry,
         )
-        for fault in ("stuck", "rail", "out_of_range", "silent"):
+        for fault in ("stuck", "rail", "out_of_range", "silent", "quantisation"):
             self.sensor_faults.labels(fault)
             self.sensors_in_fault.labels(fault)
         for kind in ("process", "sensor_fault"):

@@ -7,6 +7,10 @@ Cheap and always on (``[faults]``), vectorised over each scored batch's window r
   A frozen transmitter repeats its last value exactly, so a sensor whose learned readings
   repeat exactly more often than :data:`MAX_REPEATS` (quantised, slow) is not judged;
 - **rail**: stuck at or beyond the extremes seen while learning (a saturated transmitter);
+- **quantisation**: a window of a sensor judged for stuck (its readings never repeat) holds at
+  most ``quantisation_share`` of distinct values: its resolution got coarse (bits lost, a
+  transmitter reconfigured). A sensor quantised from the start is not judged (its resolution
+  growing coarser still is not detected);
 - **out_of_range**: a reading outside the physical limits that ``[[faults.ranges]]`` gives
   the sensor's pattern (MQTT-style patterns, first match wins);
 - **silent**: no reading for longer than the sensor's gap limit (``learning.gap_factor`` x its
@@ -45,8 +49,14 @@ log = logging.getLogger(__name__)
 
 PROCESS = "process"
 SENSOR_FAULT = "sensor_fault"
-OK, STUCK, RAIL, OUT_OF_RANGE, SILENT = 0, 1, 2, 3, 4
-NAMES = {STUCK: "stuck", RAIL: "rail", OUT_OF_RANGE: "out_of_range", SILENT: "silent"}
+OK, STUCK, RAIL, OUT_OF_RANGE, SILENT, QUANTISATION = 0, 1, 2, 3, 4, 5
+NAMES = {
+    STUCK: "stuck",
+    RAIL: "rail",
+    OUT_OF_RANGE: "out_of_range",
+    SILENT: "silent",
+    QUANTISATION: "quantisation",
+}
 """Fault code -> the ``fault`` an alert and the metrics name."""
 FAULT_NAMES = tuple(NAMES.values())
 MAX_REPEATS = 0.01
@@ -167,6 +177,15 @@ class Faults:
                     f = states[i].fault
                     last = x[i, -1]
                     codes[i] = RAIL if last >= f.hi or last <= f.lo else STUCK
+                share = self.cfg.quantisation_share
+                # Only windows whose newest reading repeats an older one can be on a few levels
+                # (nearly every such window does): a cheap filter before sorting.
+                again = (x[:, :-1] == x[:, -1:]).any(axis=1) if share > 0 else judged & False
+                rows = np.flatnonzero(judged & again & (codes == OK))
+                if len(rows):  # a sensor that never repeated, now on a few levels
+                    srt = np.sort(x[rows], axis=1)
+                    distinct = 1 + np.count_nonzero(np.diff(srt, axis=1), axis=1)
+                    codes[rows[distinct <= share * width]] = QUANTISATION
             learning = np.flatnonzero((noise < 0) & normal)
             if learning.size:
                 self._learn(sensors, states, x, learning)
