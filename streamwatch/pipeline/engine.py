@@ -73,8 +73,8 @@ class Engine:
         self.on_scores = None
         """Called once per scored batch with (sensors, window ends, scores, thresholds)."""
         self.faults = Faults(cfg.faults, metrics, cfg.windows.stride)
-        self.lifecycle.on_warmed = self.faults.learn_series
         """Sensor-fault checks beside the model (:mod:`streamwatch.pipeline.faults`)."""
+        self.lifecycle.on_warmed = self.faults.learn_series  # they learn from the warm-up
         self.groups: GroupPath | None = None
         """The path for sensors that ``[groups]`` patterns put in groups (None without)."""
         if cfg.groups.patterns:
@@ -254,7 +254,9 @@ class Engine:
         faults = self.faults
         codes = faults.check(sensors, states, x, scores <= thr)
         verdicts = (scores > thr) | gaps | (codes > 0)
-        muted, maint = self.muted, self.maintenance | faults.faulted
+        muted, maint = self.muted, self.maintenance
+        if faults.faulted:
+            maint = maint | faults.faulted  # kept out of learning like maintenance
         if muted:  # no new raise while muted; a raised alert may still clear
             for i, s in enumerate(sensors):
                 if s in muted and not states[i].alert.raised:
