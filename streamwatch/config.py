@@ -480,6 +480,71 @@ class GroupsConfig(_Strict):
         return model_dir.with_name(model_dir.name + ".groups")
 
 
+class FaultRange(_Strict):
+    """Physical limits of the sensors whose ids match ``pattern`` (MQTT-style: ``+`` one
+    level, ``#`` the rest), e.g. ``plant/+/temp``."""
+
+    pattern: str = Field(min_length=1, description="Sensor-id pattern; the first match wins.")
+    min: float | None = Field(None, description="A reading below this is out of range.")
+    max: float | None = Field(None, description="A reading above this is out of range.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        from streamwatch.pipeline.faults import compile_pattern
+
+        compile_pattern(v)
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FaultRange:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class FaultsConfig(_Strict):
+    """Sensor-fault checks beside the model (stuck, rail, out of range, silent): cheap,
+    always on, and reported as ``kind: sensor_fault`` apart from process anomalies."""
+
+    enabled: bool = Field(True, description="Run the sensor-fault checks.")
+    stuck_span: int = Field(
+        10, ge=3, description="Readings (newest of each window) a stuck sensor holds flat."
+    )
+    stuck_ratio: float = Field(
+        0.1,
+        ge=0,
+        description="Stuck: the span's spread is at most this fraction of the sensor's learned "
+        "step noise (the median change between readings).",
+    )
+    quantisation_share: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Quantisation: a window of a sensor whose readings never repeat holds at "
+        "most this share of distinct values (0 turns it off).",
+    )
+    learn_windows: int = Field(
+        25,
+        ge=1,
+        description="A sensor a trained model knows (no warm-up) learns its noise and range "
+        "from this many normal windows that do not overlap.",
+    )
+    reclassify_verdicts: int = Field(
+        20,
+        ge=0,
+        description="A process alert is made a sensor fault (published again, reason "
+        "reclassified) if a fault check finds one within this many verdicts of its raise.",
+    )
+    silent_min_s: float = Field(
+        60.0,
+        gt=0,
+        description="Silent: no reading for the longer of this and the sensor's gap limit "
+        "(learning.gap_factor x its longest warm-up interval); judged every idle sweep.",
+    )
+    ranges: list[FaultRange] = Field([], description="Physical limits per sensor pattern.")
+
+
 class LearningConfig(_Strict):
     """Runtime policy for learning: when a sensor is learned and scored, and whether the
     daemon trains a model itself. Not saved in model bundles."""
@@ -614,6 +679,7 @@ class Config(_Strict):
     engine: EngineConfig = EngineConfig()
     metrics: MetricsConfig = MetricsConfig()
     groups: GroupsConfig = GroupsConfig()
+    faults: FaultsConfig = FaultsConfig()
     model_dir: Path | None = Field(None, description="Model bundle to load at start.")
     state_dir: Path | None = Field(None, description="Where alert state survives restarts.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -433,7 +433,10 @@ class Daemon:
                     self.outbox.flush()
                 self.snapshots.tick(now)
                 if now >= next_sweep:
-                    self.engine.evict_idle(now)
+                    if self.engine.evict_idle(now):  # silent sensors: their alerts out now
+                        self.outbox.flush()
+                    if (raised := self.engine.raised_changes()) is not None:
+                        self._save_alert_state(raised)
                     next_sweep = now + IDLE_SWEEP_S
                 if now >= next_save:
                     self._save_learned()

@@ -73,6 +73,7 @@ def test_payload_fields() -> None:
         "window_start": 9.0,
         "window_end": 10.0,
         "alert_id": "id1",
+        "kind": "process",
     }
 
 

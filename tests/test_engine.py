@@ -235,11 +235,15 @@ def test_robust_default_flags_a_flatline_as_too_little_movement() -> None:
     rng = np.random.default_rng(5)
     v = np.sin(np.arange(3000) / 8.0) + rng.normal(0, 0.1, 3000)
     v[2000:2200] = v[1999]
-    c = from_mapping({"learning": {"warmup": 500}})
+    # The model alone (with the fault checks on, the stuck check calls it first: a sensor fault)
+    c = from_mapping({"learning": {"warmup": 500}, "faults": {"enabled": False}})
     assert c.detector.type == "robust"
     events = [e for e in _feed(c, v) if e.state == "raised"]
     assert len(events) == 1 and 1.7e9 + 2000 <= events[0].ts <= 1.7e9 + 2020
     assert events[0].parts is not None and events[0].parts["stuck"] > 1.0
+    assert events[0].kind == "process"
+    on = [e for e in _feed(from_mapping({"learning": {"warmup": 500}}), v) if e.state == "raised"]
+    assert len(on) == 1 and (on[0].kind, on[0].fault) == ("sensor_fault", "stuck")
 
 
 def test_a_reading_after_a_long_gap_is_a_dropout() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from streamwatch.control.state import ControlState
 from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.faults import NAMES as FAULT_NAMES
 from streamwatch.pipeline.lifecycle import SCORED
 
 HORIZON_S = 600.0
@@ -176,6 +177,8 @@ class Snapshots:
                 "history": series.get(sensor, []),
             }
             doc.update(ctl.describe(sensor))
+            fault = st.fault.current if st.fault is not None else 0
+            doc["fault"] = FAULT_NAMES.get(fault)
             doc["state"] = status(doc, st.phase == SCORED)
             rows[sensor] = doc
         for target in ctl.holds:  # held ids with no sensor behind them yet (a group, say)
@@ -193,11 +196,14 @@ class Snapshots:
 
 
 def status(doc: dict[str, Any], armed: bool) -> str:
-    """One word for the page: maintenance, muted, alert, armed or warming."""
+    """One word for the page: maintenance, muted, fault (a sensor fault now), alert, armed
+    or warming."""
     if doc.get("maintenance"):
         return "maintenance"
     if doc.get("muted"):
         return "muted"
+    if doc.get("fault"):
+        return "fault"
     if doc.get("alert_id"):
         return "alert"
     return "armed" if armed else "warming"

@@ -68,6 +68,8 @@ def _collect(run: Run, c: Any, model: Any, transitions: list[Any], ds: Dataset) 
     (its training readings unscored) from one replay."""
     per: dict[str, list[Transition]] = {}
     for e in transitions:
+        if e.reason == "reclassified":  # the same alert, published again as a sensor fault
+            continue
         per.setdefault(e.sensor, []).append((float(e.ts), str(e.state)))
     for s in ds.sensors:
         if s not in ds.n_train:

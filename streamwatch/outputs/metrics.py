@@ -162,6 +162,30 @@ class Metrics:
             "restarted, per groups.missing)",
             registry=registry,
         )
+        self.sensor_faults = Counter(
+            "streamwatch_sensor_faults",
+            "Sensor-fault alerts raised, by fault (stuck, rail, out_of_range, silent, "
+            "quantisation)",
+            ["fault"],
+            registry=registry,
+        )
+        self.alert_raises = Counter(
+            "streamwatch_alert_raises",
+            "Alerts raised, by kind (process or sensor_fault)",
+            ["kind"],
+            registry=registry,
+        )
+        self.sensors_in_fault = Gauge(
+            "streamwatch_sensors_in_fault",
+            "Sensors whose latest fault check found a fault, by fault",
+            ["fault"],
+            registry=registry,
+        )
+        for fault in ("stuck", "rail", "out_of_range", "silent", "quantisation"):
+            self.sensor_faults.labels(fault)
+            self.sensors_in_fault.labels(fault)
+        for kind in ("process", "sensor_fault"):
+            self.alert_raises.labels(kind)
         self.mqtt_connected = Gauge(
             "streamwatch_mqtt_connected", "1 when connected to the broker", registry=registry
         )

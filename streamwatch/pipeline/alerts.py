@@ -51,6 +51,10 @@ class AlertEvent:
     ``rebaselined``: a lasting change became the sensor's new normal level)."""
     baseline: dict[str, float] | None = None
     """With ``rebaselined``: the normal level before and after (``from``, ``to``)."""
+    kind: str = "process"
+    """``process`` (the model's verdict) or ``sensor_fault`` (a fault check's)."""
+    fault: str | None = None
+    """For a sensor fault: which (see :mod:`streamwatch.pipeline.faults`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as a dict (``top_steps`` only when the detector explained the score)."""
@@ -73,6 +77,9 @@ class AlertEvent:
             doc["reason"] = self.reason
         if self.baseline is not None:
             doc["baseline"] = {k: _finite(v) for k, v in self.baseline.items()}
+        doc["kind"] = self.kind
+        if self.fault is not None:
+            doc["fault"] = self.fault
         return doc
 
     def payload(self) -> bytes:
@@ -151,6 +158,15 @@ class AlertState:
         """Clear the alert now, not by verdicts (a lasting change re-baselined); its id."""
         cleared, self.alert_id, self.history, self.normal_run = self.alert_id, None, 0, 0
         return cleared
+
+    def force_raise(self, ts: float) -> str:
+        """Raise now whatever the recent verdicts (a fault judged with no reading to give a
+        verdict on, such as silence); returns the new alert id."""
+        self.alert_id = uuid.uuid4().hex
+        self.since_raise = 0
+        self.normal_run = 0
+        self.last_anomalous = ts
+        return self.alert_id
 
     def restore(self, alert_id: str | None) -> None:
         """Resume an alert that was raised before a restart (so it is not raised twice)."""

@@ -34,6 +34,7 @@ from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.parse import Silence
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent, AlertState
+from streamwatch.pipeline.faults import Faults
 from streamwatch.pipeline.feed import FeedWatch
 from streamwatch.pipeline.group_path import GroupPath, load_group_model
 from streamwatch.pipeline.handoff import Item, Queued
@@ -84,6 +85,9 @@ class Engine:
         self.on_scores: Callable[[list[str], list[float], np.ndarray, np.ndarray], None] | None
         self.on_scores = None
         """Called once per scored batch with (sensors, window ends, scores, thresholds)."""
+        self.faults = Faults(cfg.faults, metrics, cfg.windows.stride)
+        """Sensor-fault checks beside the model (:mod:`streamwatch.pipeline.faults`)."""
+        self.lifecycle.on_warmed = self.faults.learn_series  # they learn from the warm-up
         self.groups: GroupPath | None = None
         """The path for sensors that ``[groups]`` patterns put in groups (None without)."""
         if cfg.groups.patterns:
@@ -187,7 +191,10 @@ class Engine:
         arrivals: list[float] = []
         gaps: list[bool] = []  # the reading came after a gap longer than its sensor's normal
         restarts = windows.restarts
-        maint = self.maintenance
+        faults = self.faults
+        maint = self.maintenance | faults.faulted if faults.faulted else self.maintenance
+        silent = faults.silent
+        resumed: list[AlertEvent] = []
         groups = self.groups
         alone = groups is None or self.cfg.groups.score_members_alone
         for item in items:
@@ -205,6 +212,9 @@ class Engine:
                 if st is None:
                     st = sw.state = self._new_state(r.sensor)
                 dt = r.ts - sw.last_ts
+                if silent and r.sensor in silent:  # its silence was reported live: no gap
+                    resumed += self._resumed(r.sensor, st, r.ts)
+                    dt = 0.0
                 due = windows.add(sw, r.ts, r.value)
                 if due.__class__ is str:
                     rejected[due] = rejected.get(due, 0) + 1
@@ -217,7 +227,7 @@ class Engine:
                 )
                 self.feed.saw(r.ts)
                 if maint and r.sensor in maint:
-                    scored = st.phase == SCORED  # maintenance: scored, learned from never
+                    scored = st.phase == SCORED  # maintenance, fault: scored, never learned
                 else:
                     scored = life.observe(r.sensor, st, r.value, dt)
                 if scored and due:
@@ -235,10 +245,10 @@ class Engine:
             self.metrics.rejected.labels(reason).inc(n)
         if windows.restarts != restarts:
             self.metrics.window_restarts.inc(windows.restarts - restarts)
-        events: list[AlertEvent] = []
+        events: list[AlertEvent] = resumed
         if rows:
             x = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-            events = self._score(
+            events += self._score(
                 det, sensors, x, stamps, ends, states, np.asarray(arrivals), np.asarray(gaps)
             )
         if groups is not None:
@@ -267,8 +277,12 @@ class Engine:
                 [det.score(sensors[i : i + cap], x[i : i + cap]) for i in range(0, len(x), cap)]
             )
         thr = np.fromiter((st.threshold for st in states), dtype=np.float64, count=len(states))
-        verdicts = (scores > thr) | gaps
+        faults = self.faults
+        codes = faults.check(sensors, states, x, scores <= thr)
+        verdicts = (scores > thr) | gaps | (codes > 0)
         muted, maint = self.muted, self.maintenance
+        if faults.faulted:
+            maint = maint | faults.faulted  # kept out of learning like maintenance
         if muted:  # no new raise while muted; a raised alert may still clear
             for i, s in enumerate(sensors):
                 if s in muted and not states[i].alert.raised:
@@ -280,10 +294,11 @@ class Engine:
         follow: list[int] = []  # rows normal enough to adapt to
         guard = self._follow_guard
         rebased: set[str] = set()  # re-baselined in this batch: later windows scored anew
+        recheck = set(np.flatnonzero(codes).tolist()) if codes.any() else None
         for i, st in enumerate(states):
             if rebased and sensors[i] in rebased:
                 scores[i] = det.score([sensors[i]], x[i : i + 1])[0]
-                verdicts[i] = scores[i] > thr[i] or gaps[i]
+                verdicts[i] = scores[i] > thr[i] or gaps[i] or codes[i] > 0
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
@@ -295,13 +310,14 @@ class Engine:
                 in_maintenance = bool(maint) and sensors[i] in maint
                 if st.quiet > guard and not alert.raised and not in_maintenance:
                     follow.append(i)
-            if learn and not (maint and sensors[i] in maint):
+            if learn and not codes[i] and not (maint and sensors[i] in maint):
                 # auto-training learns only from readings judged normal, outside alerts
                 life.collect_scored(sensors[i], float(x[i, -1]), not (verdicts[i] or alert.raised))
             if (
                 change is None
                 and self._lasting_s
                 and verdicts[i]
+                and not codes[i]  # a faulty sensor is not a new normal
                 and alert.raised
                 and ends[i] - st.raised_at >= self._lasting_s
             ):
@@ -317,6 +333,12 @@ class Engine:
                     rebased.add(sensors[i])
                 continue
             if change is None:
+                if recheck and i in recheck and alert.raised:
+                    ev = faults.reclassified(
+                        sensors[i], st, int(codes[i]), ends[i], float(scores[i]), det.name
+                    )
+                    if ev is not None:
+                        events.append(ev)
                 continue
             state, alert_id = change
             self._raised_changed = True
@@ -332,19 +354,13 @@ class Engine:
                 series.active = 0
             end = ends[i]
             start = float(stamps[i][0]) if stamps else end
-            events.append(
-                AlertEvent(
-                    sensors[i],
-                    state,
-                    end,
-                    float(scores[i]),
-                    float(thr[i]),
-                    det.name,
-                    start,
-                    end,
-                    alert_id,
-                )
-            )
+            score, t = float(scores[i]), float(thr[i])
+            ev = AlertEvent(sensors[i], state, end, score, t, det.name, start, end, alert_id)
+            if state == RAISED:
+                faults.raised(ev, st, int(codes[i]), bool(gaps[i]))
+            else:
+                faults.cleared(ev, st)
+            events.append(ev)
         if raised_rows:
             self._explain(det, sensors, x, stamps, events, raised_rows, thr, gaps)
         if follow and self._follow_rate:
@@ -466,6 +482,8 @@ class Engine:
             st: SensorState | None = sw.state
             if st is not None and st.alert.raised and sensor not in self.windows.sensors:
                 self._clear_gone(sensor, st)
+            if st is not None and sensor not in self.windows.sensors:
+                self.faults.forget(sensor, st)
         self.lifecycle.evicted(
             ((sensor, sw.state) for sensor, sw in gone), lambda s: s in self.windows.sensors
         )
@@ -493,6 +511,7 @@ class Engine:
             alert_id,
             reason="evicted",
         )
+        self.faults.cleared(ev, st)
         self.sink(ev)
 
     def relearn(self, sensor: str, reason: str) -> AlertEvent | None:
@@ -525,6 +544,8 @@ class Engine:
                 alert_id,
                 reason=reason,
             )
+            self.faults.cleared(ev, st)
+        self.faults.forget(sensor, st)
         self.lifecycle.relearn(sensor, st)
         sw.restart()
         if ev is not None:
@@ -545,12 +566,29 @@ class Engine:
         self.metrics.silenced.inc(len(marker.sensors))
         log.info("%d sensor(s) went silent (device or node death)", len(marker.sensors))
 
-    def evict_idle(self, now: float) -> None:
-        """Drop sensors (and groups) idle longer than ``windows.idle_evict_s``."""
+    def _resumed(self, sensor: str, st: SensorState, ts: float) -> list[AlertEvent]:
+        ev = self.faults.resumed(sensor, st, ts, self.detector.name)
+        if ev is None:
+            return []
+        self.raised.pop(sensor, None)
+        self._raised_changed = True
+        self.sink(ev)
+        return [ev]
+
+    def evict_idle(self, now: float) -> list[AlertEvent]:
+        """Raise ``silent`` for sensors past their silence limit, then drop sensors (and
+        groups) idle longer than ``windows.idle_evict_s``; returns the silent raises."""
+        quiet = self.muted | self.maintenance
+        events = self.faults.sweep(now, self.windows, quiet, self.detector.name)
+        for ev in events:
+            self.raised[ev.sensor] = ev.alert_id
+            self._raised_changed = True
+            self.sink(ev)
         self.windows.evict_idle(now)
         self._evicted()
         if self.groups is not None:
             self.groups.evict_idle(now, self.cfg.windows.idle_evict_s)
+        return events
 
     def close(self) -> None:
         """Stop the background fitter (pending fits are dropped)."""

@@ -77,6 +77,8 @@ class SensorState:
     """Verdicts since the last anomalous one (protected adaptation waits for a clear run)."""
     raised_at: float = math.inf
     """When the sensor's alert was raised (a lasting change is measured from it)."""
+    fault: Any = None
+    """The sensor-fault checks' state (:class:`streamwatch.pipeline.faults.FaultState`)."""
 
 
 class SensorLifecycle:
@@ -108,6 +110,8 @@ class SensorLifecycle:
         self._collect: dict[str, list[float]] | None = None
         self._collect_target = cfg.learning.auto_train_readings
         self._retries_left = cfg.learning.auto_train_retries
+        self.on_warmed: Callable[[str, SensorState, np.ndarray], None] | None = None
+        """Called with a sensor's warm-up readings once it is scored (the fault checks)."""
         self.version = 0
         """Counts changes to what the model holds (sensors learned, forgotten, a swap)."""
         if needs_stand_in(model, cfg) and on_training_data is not None:
@@ -247,6 +251,8 @@ class SensorLifecycle:
             model.thresholds.per_sensor[sensor] = thr
             self.version += 1
         self.mark_scored(st, thr)
+        if self.on_warmed is not None:
+            self.on_warmed(sensor, st, values)
         log.info("sensor %s warmed up on %d readings; threshold %.3f", sensor, len(values), thr)
 
     def _fit_failed(self, sensor: str, st: SensorState, exc: Exception) -> None:

@@ -96,6 +96,8 @@ function actions(s) {
 function sensorRow(s) {
   const state = el("td", { class: "state" }, el("span", { class: "badge " + s.state }, s.state));
   if (s.muted && s.muted_until) state.append(el("div", { class: "sub" }, "until " + clock(s.muted_until)));
+  if (s.fault && s.state !== "fault") state.append(el("div", { class: "sub" }, "fault: " + s.fault));
+  else if (s.fault) state.append(el("div", { class: "sub" }, s.fault));
   if (s.alert_id && s.state !== "alert") state.append(el("div", { class: "sub" }, "alert raised"));
   if (s.acked_alert_id && s.acked_alert_id === s.alert_id) state.append(el("div", { class: "sub" }, "acknowledged"));
   return el("tr", { "data-id": s.id, "data-state": s.state },
@@ -108,6 +110,7 @@ function sensorRow(s) {
 
 function why(a) {
   const out = [];
+  if (a.kind === "sensor_fault") out.push("sensor fault: " + a.fault);
   if (a.parts) {
     const parts = Object.entries(a.parts).sort((p, q) => q[1] - p[1]);
     out.push(parts.map(([k, v]) => `${k} ${fmt(v, 2)}`).join(", "));
