@@ -243,7 +243,10 @@ def test_robust_default_flags_a_flatline_as_too_little_movement() -> None:
     assert events[0].parts is not None and events[0].parts["stuck"] > 1.0
     assert events[0].kind == "process"
     on = [e for e in _feed(from_mapping({"learning": {"warmup": 500}}), v) if e.state == "raised"]
-    assert len(on) == 1 and (on[0].kind, on[0].fault) == ("sensor_fault", "stuck")
+    # One alert: the model's stuck part may raise it first, then the fault check reclassifies
+    # it (the same alert_id again, reason "reclassified").
+    assert len({e.alert_id for e in on}) == 1
+    assert (on[-1].kind, on[-1].fault) == ("sensor_fault", "stuck")
 
 
 def test_a_reading_after_a_long_gap_is_a_dropout() -> None:

@@ -302,7 +302,8 @@ class Engine:
             series = st.series
             series.score = float(scores[i])
             alert = st.alert
-            change = alert.update(bool(verdicts[i]), ends[i], bool(gaps[i]))
+            # A dropout or a sensor fault (its check spans readings already) raises alone.
+            change = alert.update(bool(verdicts[i]), ends[i], bool(gaps[i] or codes[i]))
             if verdicts[i]:
                 st.quiet = 0
             else:
