@@ -39,6 +39,7 @@ import numpy as np
 
 from streamwatch.config import LSTMVAEConfig
 from streamwatch.detectors.lstm_vae_net import Net, tf_module
+from streamwatch.tfquiet import filtered_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,14 @@ class Trainer:
                 self.beta.assign(min(1.0, done / warmup) if warmup else 1.0)
                 self.steps += 1
                 batch = train[order[i : i + bs]]
-                total += float(self._train_step(batch)) * len(batch)
+                if self.steps == 1:
+                    # The first step traces and compiles; oneDNN says there, on fd 2, that
+                    # it cannot do int32 on this CPU: keep that off the terminal.
+                    with filtered_native_stderr():
+                        loss = float(self._train_step(batch))
+                else:
+                    loss = float(self._train_step(batch))
+                total += loss * len(batch)
             val_loss = self._val_loss(val)
             elapsed = time.monotonic() - started
             log.info(
