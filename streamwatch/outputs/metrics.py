@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from streamwatch import DIST_NAME
+from streamwatch.control.commands import ACTIONS
 from streamwatch.ingest import parse, sparkplug
 
 OTHER = "_other"
@@ -134,6 +135,9 @@ class Metrics:
             ["action", "result"],
             registry=registry,
         )
+        for action in (*ACTIONS, "invalid"):  # zero series from the start, as dashboards need
+            for result in ("ok", "error"):
+                self.commands.labels(action, result)
         self.feed_outages = Counter(
             "streamwatch_feed_outages",
             "Silences of the whole feed (no sensor reported), taken as one outage each, not "
