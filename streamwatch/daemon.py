@@ -40,6 +40,7 @@ from streamwatch.outputs.metrics import Metrics
 from streamwatch.outputs.outbox import Outbox
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
+from streamwatch.pipeline.group_path import learned_groups_dir
 from streamwatch.pipeline.handoff import Handoff, Queued
 from streamwatch.training import on_plateau, train_in_place
 
@@ -150,6 +151,8 @@ class Daemon:
         self._reloading = threading.Lock()
         self._saving_model = threading.Lock()
         self._saved_version = self.engine.lifecycle.version
+        self._saved_groups = 0
+        """The group path's version last saved under state_dir."""
 
     # -- health ---------------------------------------------------------------------------
 
@@ -364,6 +367,7 @@ class Daemon:
         ``state_dir``, so a restart scores at once with the same thresholds instead of
         warming every sensor up again. Worker thread only; not with a ``model_dir`` (that
         bundle is the operator's)."""
+        self._save_learned_groups()
         auto = auto_model_dir(self.cfg)
         model = self.engine.model
         version = self.engine.lifecycle.version
@@ -380,6 +384,21 @@ class Daemon:
             self._saved_version = version
         except OSError as exc:
             log.warning("cannot keep the learned model in %s: %s", auto, exc)
+
+    def _save_learned_groups(self) -> None:
+        """Keep the groups learned online under ``state_dir`` too, so that a restart does not
+        warm every group up again (learning from whatever the plant does just then)."""
+        groups = self.engine.groups
+        where = learned_groups_dir(self.cfg)
+        if groups is None or where is None or groups.version == self._saved_groups:
+            return
+        if not groups.model.trained_on.get("learned_online"):
+            return  # a trained group bundle, the operator's: nothing learned here
+        try:
+            bundle.save(groups.model, where)
+            self._saved_groups = groups.version
+        except OSError as exc:
+            log.warning("cannot keep the learned groups in %s: %s", where, exc)
 
     def _load_alert_state(self) -> dict[str, str]:
         if self.state_file is None or not self.state_file.exists():

@@ -70,9 +70,15 @@ class GroupState:
     """Wall-clock time of the group's last reading (for idle eviction)."""
 
 
+def learned_groups_dir(cfg: Config) -> Path | None:
+    """Where the daemon keeps the groups it learned online (under ``state_dir``)."""
+    return cfg.state_dir / "groups-model" if cfg.state_dir else None
+
+
 def load_group_model(cfg: Config) -> Model:
-    """The group model: the bundle at ``groups.bundle_dir`` where one is there, else a fresh
-    one that warms each group up. An unusable bundle is a :class:`ModelError`."""
+    """The group model: the bundle at ``groups.bundle_dir`` where one is there; else what the
+    daemon learned online before a restart (:func:`learned_groups_dir`); else a fresh one
+    that warms each group up. An unusable ``bundle_dir`` bundle is a :class:`ModelError`."""
     g = cfg.groups
     path: Path | None = g.bundle_dir(cfg.model_dir)
     if path is not None and path.exists():
@@ -85,6 +91,24 @@ def load_group_model(cfg: Config) -> Model:
             g.detector.type,
         )
         model = bundle.fresh(MahalanobisConfig(), g.window, g.threshold.false_alarm_rate)
+    learned = learned_groups_dir(cfg)
+    if learned is not None and (learned / bundle.MANIFEST).exists():
+        try:
+            kept = bundle.load(learned)
+        except bundle.ModelError as exc:
+            log.warning("ignoring the groups learned before the restart: %s", exc)
+            return model
+        if kept.detector.config == model.detector.config and kept.detector.window == (
+            model.detector.window
+        ):
+            log.info(
+                "resuming %d group(s) learned before the restart from %s",
+                len(kept.trained_on.get("groups", {})),
+                learned,
+            )
+            kept.trained_on["learned_online"] = True
+            return kept
+        log.info("the groups learned before the restart used other settings; learning afresh")
     return model
 
 
@@ -110,8 +134,15 @@ class GroupPath:
         self.groups: OrderedDict[str, GroupState] = OrderedDict()
         self.window = model.detector.window
         self._due: list[tuple[str, GroupState, np.ndarray, float, float]] = []
-        self._learned: set[str] = set()
-        """Groups learned here, online: forgotten again when evicted (bounded memory)."""
+        self._learned: set[str] = (
+            set(model.trained_on.get("groups", {}))
+            if model.trained_on.get("learned_online")
+            else set()
+        )
+        """Groups learned online (here, or before a restart): forgotten again when evicted
+        (bounded memory)."""
+        self.version = 0
+        """Moves whenever the groups learned online change (what the daemon saves)."""
         half_life = cfg.groups.follow_half_life
         self._follow_rate = 1.0 - 0.5 ** (1.0 / half_life) if half_life else 0.0
         self._follow_guard = cfg.groups.follow_guard
@@ -207,6 +238,7 @@ class GroupPath:
             self.sink(ev)
         self.metrics.release(group)
         if group in self._learned:
+            self.version += 1
             self._learned.discard(group)
             self.model.detector.forget(group)
             self.model.thresholds.per_sensor.pop(group, None)
@@ -250,6 +282,8 @@ class GroupPath:
             return
         al = gs.aligner
         self._learned.add(group)
+        self.version += 1
+        self.model.trained_on["learned_online"] = True
         self.model.thresholds.per_sensor[group] = thr
         self.model.trained_on.setdefault("groups", {})[group] = {
             "members": list(al.members or ()),
