@@ -120,6 +120,8 @@ class Daemon:
         self.link.on_published = self.outbox.published
         self._held: list[Any] = []
         """Acknowledgement tokens held back while the outbox cannot be written."""
+        self._restored_faults: dict[str, str] = {}
+        """Sensor -> fault of the raised sensor-fault alerts in the saved alert state."""
         self.engine = Engine(
             cfg,
             model,
@@ -129,6 +131,7 @@ class Daemon:
             background_fits=True,
             raised=self._load_alert_state(),
         )
+        self.engine.faults.raised_as.update(self._restored_faults)
         self.control = ControlState(cfg.state_dir / "operator.json" if cfg.state_dir else None)
         self.operator = Operator(
             self.engine,
@@ -406,6 +409,8 @@ class Daemon:
         try:
             doc = json.loads(self.state_file.read_text(encoding="utf-8"))
             raised = {str(k): str(v) for k, v in doc["raised"].items()}
+            faults = doc.get("faults") or {}
+            self._restored_faults = {str(k): str(v) for k, v in faults.items() if k in raised}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable alert state %s: %s", self.state_file, exc)
             return {}
@@ -416,7 +421,8 @@ class Daemon:
         if self.state_file is None:
             return
         try:
-            durable.write_atomic(self.state_file, json.dumps({"raised": raised}))
+            faults = {s: f for s, f in self.engine.faults.raised_as.items() if s in raised}
+            durable.write_atomic(self.state_file, json.dumps({"raised": raised, "faults": faults}))
         except OSError as exc:
             log.error("cannot save alert state to %s: %s", self.state_file, exc)
 

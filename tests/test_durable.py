@@ -55,7 +55,7 @@ def test_alert_state_is_synced_then_renamed_and_the_rename_synced(
     assert file_sync and dir_sync, calls
     assert file_sync[-1] < dir_sync[-1]
     assert calls[file_sync[-1]][1] is None  # not yet renamed when its data was synced
-    assert json.loads(calls[dir_sync[-1]][1] or "") == {"raised": raised}
+    assert json.loads(calls[dir_sync[-1]][1] or "") == {"raised": raised, "faults": {}}
     assert not (state / "alerts.json.tmp").exists()
     assert Daemon(cfg)._load_alert_state() == raised
 
@@ -96,3 +96,27 @@ def test_acknowledgements_wait_while_the_outbox_cannot_be_written(tmp_path: Path
     assert acked == ["t1", "t2"] and daemon._held == []
     errors = daemon.metrics.registry.get_sample_value("streamwatch_outbox_write_errors_total")
     assert errors == 2
+
+
+def test_a_fault_alert_restored_after_a_restart_clears_as_that_fault(tmp_path: Path) -> None:
+    """The alert state keeps which raised alerts are sensor faults: after a restart, the
+    clear of a ``stuck`` alert still says ``kind: sensor_fault, fault: stuck``."""
+    import math
+    from types import SimpleNamespace
+
+    from streamwatch.pipeline.alerts import AlertEvent
+
+    cfg = from_mapping({"state_dir": str(tmp_path / "s"), "detector": {"type": "gaussian"}})
+    first = Daemon(cfg)
+    first.engine.faults.raised_as.update({"pump/1": "stuck", "gone": "silent"})
+    first._save_alert_state({"pump/1": "abc", "valve/2": "def"})
+    again = Daemon(cfg)
+    assert again._load_alert_state() == {"pump/1": "abc", "valve/2": "def"}
+    assert again.engine.faults.raised_as == {"pump/1": "stuck"}
+    ev = AlertEvent("pump/1", "cleared", 1.0, math.nan, 1.0, "gaussian", 1.0, 1.0, "abc")
+    again.engine.faults.cleared(ev, SimpleNamespace(fault=None))
+    assert (ev.kind, ev.fault) == ("sensor_fault", "stuck")
+    assert again.engine.faults.raised_as == {}
+    process = AlertEvent("valve/2", "cleared", 1.0, math.nan, 1.0, "gaussian", 1.0, 1.0, "def")
+    again.engine.faults.cleared(process, SimpleNamespace(fault=None))
+    assert (process.kind, process.fault) == ("process", None)

@@ -340,6 +340,7 @@ class Engine:
                     )
                     if ev is not None:
                         events.append(ev)
+                        self._raised_changed = True  # the saved fault labels changed
                 continue
             state, alert_id = change
             self._raised_changed = True

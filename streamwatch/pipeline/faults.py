@@ -113,6 +113,9 @@ class Faults:
         """Sensors in fault now: scored, but kept out of learning (as in maintenance)."""
         self.silent: set[str] = set()
         """Sensors in a live silent fault (cleared by their next reading)."""
+        self.raised_as: dict[str, str] = {}
+        """Sensor -> fault, for each raised alert that is a sensor fault (kept with the alert
+        state, so a clear after a restart still says which fault it ends)."""
 
     # -- per sensor -----------------------------------------------------------------------
 
@@ -253,6 +256,7 @@ class Faults:
             name = NAMES[code] if code else NAMES[SILENT]
             ev.kind, ev.fault = SENSOR_FAULT, name
             self.attach(ev.sensor, st).raised = name
+            self.raised_as[ev.sensor] = name
             self.metrics.sensor_faults.labels(name).inc()
         self.metrics.alert_raises.labels(ev.kind).inc()
 
@@ -273,6 +277,7 @@ class Faults:
             return None
         name = NAMES[code]
         f.raised = name
+        self.raised_as[sensor] = name
         self.metrics.sensor_faults.labels(name).inc()
         thr = st.threshold if st.threshold is not None else math.nan
         ev = AlertEvent(sensor, RAISED, ts, score, thr, detector, ts, ts, alert.alert_id)
@@ -280,11 +285,15 @@ class Faults:
         return ev
 
     def cleared(self, ev: AlertEvent, st: Any) -> None:
-        """Label a clear like the raise it ends."""
+        """Label a clear like the raise it ends (also one raised before a restart)."""
         f: FaultState | None = st.fault
-        if f is not None and f.raised is not None:
-            ev.kind, ev.fault = SENSOR_FAULT, f.raised
+        name = f.raised if f is not None and f.raised is not None else None
+        name = name or self.raised_as.get(ev.sensor)
+        if name is not None:
+            ev.kind, ev.fault = SENSOR_FAULT, name
+        if f is not None:
             f.raised = None
+        self.raised_as.pop(ev.sensor, None)
 
     # -- silence --------------------------------------------------------------------------
 
