@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=12)
     ap.add_argument("--out", type=Path, default=Path("/tmp/prof_raw.txt"))
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=1, help="readings per message")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     work = Path(tempfile.mkdtemp())
@@ -67,7 +68,9 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        r = daemon_trial(d, broker.port, Feed(1000, 200_000, 1, 100, time.time(), seed=2), 0, 30)
+        msgs = 200_000 // args.batch
+        feed = Feed(1000, msgs, args.batch, 100, time.time(), seed=2)
+        r = daemon_trial(d, broker.port, feed, 0, 30)
         print(f"{r['readings_per_s']:,.0f} readings/s, lost {r['lost']:.0f}")
         rec.wait(args.seconds + 60)
     finally:
