@@ -22,7 +22,8 @@ NATS_SERVER = shutil.which("nats-server") or (
 
 class NatsServer:
     """A nats-server process with JetStream (its own store folder) and the mapping
-    ``sensors.* -> streamwatch.in.{{partition(P,1)}}.{{wildcard(1)}}``."""
+    ``sensors.* -> streamwatch.in.{{partition(P,1)}}.{{wildcard(1)}}`` (and its two-token
+    form for ``sensors.*.*``)."""
 
     def __init__(self, workdir: Path, partitions: int) -> None:
         self.workdir = workdir
@@ -35,6 +36,8 @@ class NatsServer:
             "mappings = {\n"
             f'  "sensors.*": "streamwatch.in.{{{{partition({partitions},1)}}}}'
             '.{{wildcard(1)}}"\n'
+            f'  "sensors.*.*": "streamwatch.in.{{{{partition({partitions},1,2)}}}}'
+            '.{{wildcard(1)}}.{{wildcard(2)}}"\n'
             "}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -106,7 +106,9 @@ def test_every_reading_scored_and_a_spike_alerts_on_nats(
             for i in range(20):
                 _send(client, f"fan{s}", 1.0 + 0.01 * i, t0 + i)
         client.publish("sensors.fan0", b"{not json")  # rejected, still acknowledged
-        total = 300 + 5 * 20
+        for i in range(3):  # two subject tokens: the sensor plant/pump2, as on MQTT
+            _send(client, "plant.pump2", 7.0, t0 + i)
+        total = 300 + 5 * 20 + 3
 
         assert wait_until(lambda: _scored(registry) >= total), _scored(registry)
         assert wait_until(lambda: client.on("streamwatch.alerts.pump1"))
@@ -117,6 +119,7 @@ def test_every_reading_scored_and_a_spike_alerts_on_nats(
         assert wait_until(lambda: _ack_pending(client, range(P)) == 0)
         assert _scored(registry) == total
         assert sum(client.consumer(STREAM, f"streamwatch-{p}").num_pending for p in range(P)) == 0
+        assert "plant/pump2" in daemon.engine.windows.sensors
         assert daemon.ready() is None
     finally:
         daemon.stop()
