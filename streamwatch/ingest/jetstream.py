@@ -130,6 +130,8 @@ class JetStreamLink:
                 log.warning("NATS connection did not close cleanly", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout)
+        elif not self._loop.is_closed():  # never started
+            self._loop.close()
         self.connected.clear()
         self.subscribed.clear()
         self.metrics.mqtt_connected.set(0)
