@@ -85,6 +85,10 @@ class NatsClient:
         applies first, so ``sensors.x`` lands in its partition's subject)."""
         self._run(self.js.publish(subject, payload))
 
+    def add_stream(self, name: str, subjects: list[str]) -> None:
+        """Create a stream (as the daemon would on its first start)."""
+        self._run(self.js.add_stream(name=name, subjects=subjects))
+
     def subscribe(self, subject: str) -> None:
         """Collect every message on ``subject`` (a core subscription) into :attr:`received`."""
 

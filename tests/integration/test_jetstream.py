@@ -6,7 +6,11 @@ splitting the sensors between two daemons."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.ingest.jetstream import JetStreamLink
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.natsutil import NATS_SERVER, NatsClient, NatsServer
 
 pytestmark = [
@@ -200,3 +204,73 @@ def test_two_daemons_split_the_sensors_by_partition(
     finally:
         low.stop()
         high.stop()
+
+
+def test_sigkilled_daemon_leaves_its_unacknowledged_messages_to_the_next(
+    nats_server: NatsServer, client: NatsClient, tmp_path: Path
+) -> None:
+    """SIGKILL a daemon (a real process) holding delivered, unacknowledged messages: JetStream
+    redelivers them after ``ack_wait_s`` and the next daemon scores every reading the first
+    did not acknowledge."""
+    client.add_stream(STREAM, ["streamwatch.in.>"])
+    per_msg, msgs = 25, 400
+    sensors = [f"k{i}" for i in range(10)]
+    t0 = time.time() - 86400.0
+    for m in range(msgs):  # the backlog is in the stream before the daemon starts
+        s, k = sensors[m % 10], m // 10
+        batch = [{"value": 3.0, "ts": t0 + k * per_msg + i} for i in range(per_msg)]
+        client.publish(f"sensors.{s}", json.dumps(batch).encode())
+    port = free_port()
+    conf = tmp_path / "sw.toml"
+    conf.write_text(
+        'log_level = "WARNING"\n[ingest]\ntransport = "jetstream"\n'
+        f'[nats]\nurl = "{nats_server.url}"\npartition_count = {P}\n'
+        f'partitions = "0-{P - 1}"\nack_wait_s = 3.0\n'
+        '[detector]\ntype = "gaussian"\n[learning]\nwarmup = 200\n'
+        f'[metrics]\nhost = "127.0.0.1"\nport = {port}\n',
+        encoding="utf-8",
+    )
+    log = tmp_path / "daemon.log"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "streamwatch", "run", "--config", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    second: Daemon | None = None
+    try:
+        # Every message delivered to the first daemon (none left pending), some not yet
+        # acknowledged: freeze it there, so that it cannot acknowledge any more, then kill it.
+        def pending() -> int:
+            return sum(client.consumer(STREAM, f"streamwatch-{p}").num_pending for p in range(P))
+
+        def in_hand() -> bool:
+            try:
+                return pending() == 0 and _ack_pending(client, range(P)) > 0
+            except Exception:  # the consumers do not exist yet
+                return False
+
+        assert wait_until(in_hand, timeout=60, every=0.01), log.read_text()
+        first.send_signal(signal.SIGSTOP)
+        unacked = _ack_pending(client, range(P))
+        assert unacked > 0, "the first daemon acknowledged everything before it was frozen"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+
+        registry = CollectorRegistry()
+        second = Daemon(_cfg(nats_server), registry=registry)
+        second.start()
+        assert second.wait_ready(20), second.ready()
+        # Redelivered after ack_wait_s: every reading the first daemon held unacknowledged.
+        assert wait_until(lambda: _scored(registry) >= unacked * per_msg, timeout=60), (
+            _scored(registry),
+            unacked,
+        )
+        assert wait_until(lambda: _ack_pending(client, range(P)) == 0)
+        assert pending() == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+        if second is not None:
+            second.stop()
