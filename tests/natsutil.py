@@ -25,22 +25,28 @@ class NatsServer:
     ``sensors.* -> streamwatch.in.{{partition(P,1)}}.{{wildcard(1)}}`` (and its two-token
     form for ``sensors.*.*``)."""
 
-    def __init__(self, workdir: Path, partitions: int) -> None:
+    def __init__(self, workdir: Path, partitions: int, jetstream: bool = True) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.conf = workdir / "nats.conf"
         self.log = workdir / "nats.log"
+        self.partitions = partitions
+        self.write_conf(jetstream)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_conf(self, jetstream: bool = True) -> None:
+        """The server's config: the listener, JetStream (unless ``jetstream`` is False) and
+        the mapping."""
+        partitions = self.partitions
+        js = f'jetstream {{ store_dir: "{self.workdir / "js"}" }}\n' if jetstream else ""
         self.conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\n"
-            f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
-            "mappings = {\n"
+            f"listen: 127.0.0.1:{self.port}\n" + js + "mappings = {\n"
             f'  "sensors.*": "streamwatch.in.{{{{partition({partitions},1)}}}}'
             '.{{wildcard(1)}}"\n'
             f'  "sensors.*.*": "streamwatch.in.{{{{partition({partitions},1,2)}}}}'
             '.{{wildcard(1)}}.{{wildcard(2)}}"\n'
             "}\n"
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

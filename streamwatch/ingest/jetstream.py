@@ -55,6 +55,8 @@ NAK_DELAY_S = 2 * FETCH_WAIT_S
 """A message handed back at a stop is redelivered after this: past the expiry of this daemon's
 last pull requests, which JetStream would otherwise serve it to (and nobody would read it)."""
 RECONNECT_WAIT_S = 1.0
+SETUP_RETRY_MAX_S = 30.0
+"""Longest wait between attempts to set up the stream and consumers."""
 
 
 class JetStreamLink:
@@ -169,30 +171,47 @@ class JetStreamLink:
             self._loop.close()
 
     async def _main(self) -> None:
-        try:
-            nc = await self._connect()
-            if nc is None:
-                return
-            js = nc.jetstream()
-            await self._ensure_stream(js)
-            for p in self.partitions:
-                sub = await js.pull_subscribe(
-                    f"{self.cfg.subject_prefix}.{p}.>",
-                    durable=f"{self.cfg.consumer}-{p}",
-                    stream=self.cfg.stream,
-                    config=ConsumerConfig(
-                        ack_policy=AckPolicy.EXPLICIT,
-                        ack_wait=self.cfg.ack_wait_s,
-                        max_ack_pending=self.cfg.max_ack_pending,
-                    ),
-                )
+        nc = await self._connect()
+        if nc is None:
+            return
+        js = nc.jetstream()
+        wait = RECONNECT_WAIT_S
+        while not self._closing:
+            subs: list[Any] = []
+            try:
+                await self._ensure_stream(js)
+                for p in self.partitions:
+                    subs.append(await self._consumer(js, p))
+            except Exception as exc:
+                # JetStream not ready yet (a server starting, a cluster electing a leader) or
+                # misconfigured: say why (readyz too) and try again with backoff.
+                self.last_error = f"cannot set up the JetStream consumers: {exc!r}"
+                _limited.log(logging.ERROR, "nats_setup", "%s; retrying", self.last_error)
+                for sub in subs:
+                    await _quietly(sub.unsubscribe())
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, SETUP_RETRY_MAX_S)
+                continue
+            for p, sub in zip(self.partitions, subs, strict=True):
                 self._tasks.append(asyncio.create_task(self._pull(p, sub)))
             self.last_error = None
             self.subscribed.set()
             log.info("consuming partitions %s of stream %s", self.cfg.partitions, self.cfg.stream)
-        except Exception as exc:
-            self.last_error = f"cannot set up the JetStream consumers: {exc!r}"
-            log.exception("%s", self.last_error)
+            return
+
+    async def _consumer(self, js: Any, partition: int) -> Any:
+        """Bind (creating it if missing) partition ``partition``'s durable pull consumer. An
+        existing consumer keeps its settings: delete it to apply a new ack_wait_s."""
+        return await js.pull_subscribe(
+            f"{self.cfg.subject_prefix}.{partition}.>",
+            durable=f"{self.cfg.consumer}-{partition}",
+            stream=self.cfg.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.cfg.ack_wait_s,
+                max_ack_pending=self.cfg.max_ack_pending,
+            ),
+        )
 
     async def _connect(self) -> Client | None:
         servers = [u.strip() for u in self.cfg.url.split(",")]

@@ -274,3 +274,29 @@ def test_sigkilled_daemon_leaves_its_unacknowledged_messages_to_the_next(
             first.wait(10)
         if second is not None:
             second.stop()
+
+
+def test_without_jetstream_not_ready_then_it_sets_up_once_jetstream_is_there(
+    tmp_path: Path,
+) -> None:
+    """A server without JetStream: /readyz says why, and the daemon keeps retrying; restarted
+    with JetStream on the same port, the daemon sets up its consumers and scores."""
+    server = NatsServer(tmp_path, P, jetstream=False)
+    server.start()
+    daemon = Daemon(_cfg(server), registry=(registry := CollectorRegistry()))
+    daemon.start()
+    client: NatsClient | None = None
+    try:
+        assert wait_until(lambda: "cannot set up the JetStream" in (daemon.ready() or ""))
+        server.stop()
+        server.write_conf(jetstream=True)
+        server.start()
+        assert daemon.wait_ready(60), daemon.ready()
+        client = NatsClient(server.url)
+        _send(client, "late", 1.0, time.time())
+        assert wait_until(lambda: _scored(registry) == 1)
+    finally:
+        daemon.stop()
+        if client is not None:
+            client.close()
+        server.stop()
