@@ -30,6 +30,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ NAK_DELAY_S = 2 * FETCH_WAIT_S
 last pull requests, which JetStream would otherwise serve it to (and nobody would read it)."""
 RECONNECT_WAIT_S = 1.0
 SETUP_RETRY_MAX_S = 30.0
+COMPLETED_KEPT = 10_000
 """Longest wait between attempts to set up the stream and consumers."""
 
 
@@ -80,11 +82,14 @@ class JetStreamLink:
         self._gate = threading.Lock()
         self._accepting = True
         self._mids = itertools.count(1)
+        self._completed: deque[int] = deque(maxlen=COMPLETED_KEPT)
+        """Ids of publishes done since the worker last looked (announced again by ack)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: set[asyncio.Task[None]] = set()
+        """Acks and publishes under way (loop thread); a stop waits for them."""
         self._unacked: dict[int, Msg] = {}
         """Messages handed to the worker and not acknowledged yet, by stream sequence (loop
         thread only)."""
@@ -146,7 +151,7 @@ class JetStreamLink:
         mid = next(self._mids)
         subject = topic.replace("/", ".")
         try:
-            asyncio.run_coroutine_threadsafe(self._publish(mid, subject, payload), self._loop)
+            self._loop.call_soon_threadsafe(self._publish_soon, mid, subject, payload)
         except RuntimeError:  # the loop is closed: the outbox keeps the entry for next time
             self.metrics.publish_failures.inc()
             return None
@@ -154,6 +159,11 @@ class JetStreamLink:
 
     def ack(self, tokens: Sequence[Any]) -> None:
         """Acknowledge the worker's finished messages (JetStream ``Msg``s), in arrival order."""
+        # A publish can complete before the outbox has recorded the id publish() returned (it
+        # records it after the call): announce completed ids again from here, which the worker
+        # reaches only after that flush. Ids are never reused, so twice is harmless.
+        while self._completed:
+            self.on_published(self._completed.popleft())
         if not tokens:
             return
         msgs = list(tokens)
@@ -332,6 +342,11 @@ class JetStreamLink:
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
 
+    def _publish_soon(self, mid: int, subject: str, payload: bytes) -> None:
+        task = asyncio.create_task(self._publish(mid, subject, payload))
+        self._acks.add(task)  # awaited at stop, with the acks
+        task.add_done_callback(self._acks.discard)
+
     async def _publish(self, mid: int, subject: str, payload: bytes) -> None:
         try:
             while self._nc is None or not self._nc.is_connected:
@@ -341,6 +356,7 @@ class JetStreamLink:
             await self._nc.publish(subject, payload)
             await self._nc.flush()
             self.on_published(mid)
+            self._completed.append(mid)
         except Exception as exc:
             self.metrics.publish_failures.inc()
             _limited.log(logging.ERROR, "publish", "publish to %s failed: %r", subject, exc)

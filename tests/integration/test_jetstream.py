@@ -119,6 +119,8 @@ def test_every_reading_scored_and_a_spike_alerts_on_nats(
         raised = json.loads(client.on("streamwatch.alerts.pump1")[0])
         assert raised["state"] == "raised" and raised["sensor"] == "pump1"
         assert wait_until(lambda: client.on("streamwatch.state.pump1"))
+        # The server took every alert and state publish: the outbox holds nothing open.
+        assert wait_until(lambda: len(daemon.outbox) == 0)
         # Everything acknowledged, nothing left: each message taken once, scored once.
         assert wait_until(lambda: _ack_pending(client, range(P)) == 0)
         assert _scored(registry) == total
