@@ -57,8 +57,9 @@ NAK_DELAY_S = 2 * FETCH_WAIT_S
 last pull requests, which JetStream would otherwise serve it to (and nobody would read it)."""
 RECONNECT_WAIT_S = 1.0
 SETUP_RETRY_MAX_S = 30.0
-COMPLETED_KEPT = 10_000
 """Longest wait between attempts to set up the stream and consumers."""
+COMPLETED_KEPT = 10_000
+"""Completed publish ids remembered for :meth:`JetStreamLink.ack` to announce again."""
 
 
 class JetStreamLink:
