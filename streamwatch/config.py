@@ -665,10 +665,113 @@ class MetricsConfig(_Strict):
         return self.basic_auth_user, password
 
 
+class IngestConfig(_Strict):
+    """Which transport feeds the worker (the engine does not know which)."""
+
+    transport: Literal["mqtt", "jetstream"] = Field(
+        "mqtt",
+        description="mqtt: the [mqtt] broker (the default). jetstream: the partitions this "
+        "daemon owns in a NATS JetStream stream ([nats]); alerts then go to NATS subjects.",
+    )
+
+
+def parse_partitions(spec: str) -> list[int]:
+    """``"0-7,12,16-31"`` as a sorted list of partition numbers; ValueError says what is wrong."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        lo_s, sep, hi_s = part.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = int(hi_s) if sep else lo
+        except ValueError:
+            raise ValueError(f"{part!r} is not a partition number or a range like 0-31") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"bad range {part!r}: want 0 <= first <= last")
+        dup = out.intersection(range(lo, hi + 1))
+        if dup:
+            raise ValueError(f"partition {min(dup)} is listed twice")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+class NATSConfig(_Strict):
+    """NATS JetStream ingest (``ingest.transport = "jetstream"``): see docs/scale-out.md."""
+
+    url: str = Field(
+        "nats://localhost:4222", description="nats://HOST:PORT (or a list, comma-separated)"
+    )
+    stream: str = Field("SENSORS", min_length=1, description="The stream holding the readings.")
+    subject_prefix: str = Field(
+        "streamwatch.in",
+        min_length=1,
+        description="Partitioned subjects are <subject_prefix>.<partition>.<sensor tokens>; the "
+        "server's subject mapping puts each sensor's readings into one partition.",
+    )
+    consumer: str = Field(
+        "streamwatch",
+        min_length=1,
+        description="Durable pull consumer name prefix: partition n is consumed by <consumer>-n.",
+    )
+    partition_count: int = Field(
+        32, ge=1, le=4096, description="P: the n in the mapping's {{partition(n, ...)}}."
+    )
+    partitions: str = Field(
+        "0-31", description='Partitions this daemon owns (static), e.g. "0-15" or "0-7,12".'
+    )
+    ack_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="JetStream redelivers a message not acknowledged within this (a daemon "
+        "killed mid-slice: its readings go to the next owner after this long).",
+    )
+    max_ack_pending: int = Field(
+        1000, ge=1, description="Unacknowledged messages per partition (the backpressure)."
+    )
+    fetch_batch: int = Field(100, ge=1, le=10000, description="Messages per pull request.")
+
+    @field_validator("url")
+    @classmethod
+    def _nats_url(cls, v: str) -> str:
+        for url in v.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("nats", "tls") or not parts.hostname:
+                raise ValueError("must look like nats://HOST:PORT (comma-separated for several)")
+        return v
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if any(c in v for c in " *>\t") or "" in v.split("."):
+            raise ValueError("must be dot-separated tokens without spaces or wildcards")
+        return v
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions(cls, v: str) -> str:
+        parse_partitions(v)
+        return v
+
+    @model_validator(mode="after")
+    def _owned_in_range(self) -> NATSConfig:
+        if self.owned()[-1] >= self.partition_count:
+            raise ValueError(
+                f"partitions: {self.owned()[-1]} is not below partition_count "
+                f"({self.partition_count})"
+            )
+        return self
+
+    def owned(self) -> list[int]:
+        """The partition numbers this daemon consumes."""
+        return parse_partitions(self.partitions)
+
+
 class Config(_Strict):
     """The whole configuration."""
 
+    ingest: IngestConfig = IngestConfig()
     mqtt: MQTTConfig = MQTTConfig()
+    nats: NATSConfig = NATSConfig()
     payload: PayloadConfig = PayloadConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     windows: WindowConfig = WindowConfig()

@@ -33,7 +33,7 @@ from streamwatch.control.snapshot import Snapshots
 from streamwatch.control.state import ControlState
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
-from streamwatch.ingest.mqtt import MQTTLink
+from streamwatch.ingest.link import Link, make_link
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs import httpd, live
 from streamwatch.outputs.metrics import Metrics
@@ -96,7 +96,8 @@ def auto_model_dir(cfg: Config) -> Path | None:
 
 
 class Daemon:
-    """Wires config, detector, engine, MQTT link and HTTP endpoint together."""
+    """Wires config, detector, engine, ingest link (MQTT or JetStream) and HTTP endpoint
+    together."""
 
     def __init__(
         self,
@@ -110,7 +111,7 @@ class Daemon:
         self.on_alert = on_alert
         self.handoff = Handoff(cfg.engine.queue_readings)
         # The link first: a missing secret or TLS file is reported before the model loads.
-        self.link = MQTTLink(cfg.mqtt, cfg.payload, self.metrics, self.handoff.put, cfg.sparkplug)
+        self.link: Link = make_link(cfg, self.metrics, self.handoff.put)
         model, source = build_model(cfg)
         self.metrics.set_model(model.name, model.hyper_hash, source, on_plateau(model))
         self.state_file = cfg.state_dir / "alerts.json" if cfg.state_dir else None

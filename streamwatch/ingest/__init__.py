@@ -1,1 +1,2 @@
-"""Bytes in, readings out: the pure payload decoder and the MQTT link that feeds it."""
+"""Bytes in, readings out: the pure payload decoder and the links (MQTT, NATS JetStream) that
+feed it, behind one interface (link.py)."""

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -34,6 +34,7 @@ from streamwatch.config import Config, GaussianConfig, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors import base, bundle
 from streamwatch.detectors.bundle import Model
+from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading
 from streamwatch.pipeline.threshold import Thresholds, calibrate
 from tests.helpers import Mosquitto, Publisher, free_port, wait_until
@@ -96,7 +97,7 @@ def record_hand_offs(daemon: Daemon) -> list[tuple[Reading, int]]:
     real = daemon.link.hand_off
 
     def recording(rs: Sequence[Reading], now: float, token: Any = None) -> object:
-        conn = daemon.link._connections
+        conn = cast(MQTTLink, daemon.link)._connections
         seen.extend((r, conn) for r in rs)
         return real(rs, now, token)
 

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from streamwatch.commands import main
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
+from streamwatch.ingest.mqtt import MQTTLink
 from tests.helpers import Mosquitto, free_port, wait_until
 
 USER = "sw-daemon"
@@ -219,7 +220,7 @@ class _Attempts:
     def __init__(self, daemon: Daemon) -> None:
         self.connacks: list[str] = []
         self.fails = 0
-        link = daemon.link
+        link = cast(MQTTLink, daemon.link)
         on_connect, on_fail = link._on_connect, link._on_connect_fail
 
         def counting_connect(*args: Any) -> None:

@@ -1,0 +1,78 @@
+"""What the daemon needs from a transport, whichever one feeds it.
+
+A link takes messages from its broker, decodes them and hands each one's readings to the worker
+(``hand_off``) with an acknowledgement token; the worker calls :meth:`Link.ack` with the tokens,
+in the order their messages arrived, once the readings are scored and any alert they caused is
+durable in the outbox. A message not acknowledged (a crash, a kill, a shutdown that left it
+unscored) is delivered again by the broker: at least once, never lost. The link also publishes
+the outbox's alert and state messages and says, through :attr:`Link.on_published`, which of
+them the broker has taken.
+
+Two implementations: :class:`streamwatch.ingest.mqtt.MQTTLink` (paho, the default) and
+:class:`streamwatch.ingest.jetstream.JetStreamLink` (NATS JetStream, partitioned scale-out).
+:func:`make_link` picks one from ``ingest.transport``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from streamwatch.config import Config
+from streamwatch.ingest.parse import Reading
+from streamwatch.outputs.metrics import Metrics
+
+HandOff = Callable[[Sequence[Reading], float, Any], object]
+"""The worker's queue: (readings or a marker, arrival time, acknowledgement token or None)."""
+
+
+class Link(Protocol):
+    """A transport as the daemon uses it (worker thread: ``ack``, ``publish``; main thread:
+    ``start``, ``stop``, ``accepting``; health checks: ``subscribed``, ``last_error``)."""
+
+    hand_off: HandOff
+    """Where decoded messages go (the worker's queue)."""
+    connected: threading.Event
+    """Set while connected to the broker."""
+    subscribed: threading.Event
+    """Set while the link is connected and receiving (``/readyz``)."""
+    last_error: str | None
+    """Why it is not (for ``/readyz`` and the log), None when it is."""
+    on_published: Callable[[int], None]
+    """Called with the id :meth:`publish` returned once the broker has taken that message."""
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new messages are handed to the worker (cleared at shutdown)."""
+        ...
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None: ...
+
+    def start(self) -> None:
+        """Connect in the background and start handing messages off."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Send what is queued (up to ``timeout``), then disconnect."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int | None:
+        """Publish an alert or state message; its id for :attr:`on_published`, None if refused."""
+        ...
+
+    def ack(self, tokens: Sequence[Any]) -> None:
+        """Acknowledge the messages the worker is done with, in the order they arrived."""
+        ...
+
+
+def make_link(cfg: Config, metrics: Metrics, hand_off: HandOff) -> Link:
+    """The link ``ingest.transport`` asks for (nats-py is imported only for jetstream)."""
+    if cfg.ingest.transport == "jetstream":
+        from streamwatch.ingest.jetstream import JetStreamLink
+
+        return JetStreamLink(cfg.nats, cfg.payload, metrics, hand_off)
+    from streamwatch.ingest.mqtt import MQTTLink
+
+    return MQTTLink(cfg.mqtt, cfg.payload, metrics, hand_off, cfg.sparkplug)
