@@ -331,23 +331,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     report_and_write(sim, f"{args.sensors} sensors, {len(sim.events)} events", args)
     if args.broker:
-        from simulators.publish import PublishError, publish
+        from simulators.publish import PublishError
 
         try:
-            n = publish(
-                sim,
-                host,
-                port,
-                topic_prefix=args.topic_prefix,
-                rate=args.publish_rate,
-                batch=args.batch,
-                qos=args.qos,
-                protocol=args.protocol,
-                label_topic=args.label_topic,
-                realtime=args.realtime,
-                speed=args.speed,
-                client_id=args.client_id,
-            )
+            n = publish_with_args(sim, host, port, args)
         except (PublishError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
@@ -379,3 +366,23 @@ def report_and_write(sim: Any, what: str, args: argparse.Namespace) -> None:
     if args.events:
         sim.events_to_csv(args.events)
         print(f"wrote {args.events}")
+
+
+def publish_with_args(sim: Any, host: str, port: int, args: argparse.Namespace) -> int:
+    """Publish ``sim`` as plain MQTT readings the way the simulate flags say; the count."""
+    from simulators.publish import publish
+
+    return publish(
+        sim,
+        host,
+        port,
+        topic_prefix=args.topic_prefix,
+        rate=args.publish_rate,
+        batch=args.batch,
+        qos=args.qos,
+        protocol=args.protocol,
+        label_topic=args.label_topic,
+        realtime=args.realtime,
+        speed=args.speed,
+        client_id=args.client_id,
+    )

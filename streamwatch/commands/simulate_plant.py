@@ -12,7 +12,7 @@ def run_plant(args: argparse.Namespace) -> int:
     """``simulate --plant``: the multivariate plant, to files and/or MQTT or Sparkplug B."""
     from simulators.plant import PLANT_KINDS, PlantFaults, simulate_plant
     from streamwatch.commands.common import EXIT_FAILURE, EXIT_OK, UsageError
-    from streamwatch.commands.simulate import _broker, report_and_write
+    from streamwatch.commands.simulate import _broker, publish_with_args, report_and_write
 
     if args.plant < 0:
         raise UsageError("--plant must be >= 0")
@@ -46,7 +46,7 @@ def run_plant(args: argparse.Namespace) -> int:
     report_and_write(sim, f"{args.plant} pumps, {len(sim.events)} member events", args)
     if not args.broker:
         return EXIT_OK
-    from simulators.publish import PublishError, publish
+    from simulators.publish import PublishError
     from simulators.spb_publish import publish_sparkplug
 
     try:
@@ -65,20 +65,7 @@ def run_plant(args: argparse.Namespace) -> int:
                 client_id=args.client_id,
             )
         else:
-            n = publish(
-                sim,
-                host,
-                port,
-                topic_prefix=args.topic_prefix,
-                rate=args.publish_rate,
-                batch=args.batch,
-                qos=args.qos,
-                protocol=args.protocol,
-                label_topic=args.label_topic,
-                realtime=args.realtime,
-                speed=args.speed,
-                client_id=args.client_id,
-            )
+            n = publish_with_args(sim, host, port, args)
     except (PublishError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

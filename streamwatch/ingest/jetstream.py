@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from streamwatch.config import NATSConfig, PayloadConfig
-from streamwatch.ingest.link import HandOff
+from streamwatch.ingest.link import AcceptGate, HandOff
 from streamwatch.ingest.parse import parse
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
@@ -62,7 +62,7 @@ COMPLETED_KEPT = 10_000
 """Completed publish ids remembered for :meth:`JetStreamLink.ack` to announce again."""
 
 
-class JetStreamLink:
+class JetStreamLink(AcceptGate):
     """One NATS connection: a pull consumer per owned partition, plus alert publishing."""
 
     def __init__(
@@ -95,16 +95,6 @@ class JetStreamLink:
         """Messages handed to the worker and not acknowledged yet, by stream sequence (loop
         thread only)."""
         self._closing = False
-
-    @property
-    def accepting(self) -> bool:
-        """Cleared at shutdown: later messages are NAKed for redelivery."""
-        return self._accepting
-
-    @accepting.setter
-    def accepting(self, value: bool) -> None:
-        with self._gate:
-            self._accepting = value
 
     @property
     def unacked(self) -> int:

@@ -27,6 +27,25 @@ HandOff = Callable[[Sequence[Reading], float, Any], object]
 """The worker's queue: (readings or a marker, arrival time, acknowledgement token or None)."""
 
 
+class AcceptGate:
+    """The ``accepting`` switch both links share. Their message callbacks hand off while
+    holding ``_gate``, so once the setter returns no message is halfway into the queue: the
+    worker's final drain sees every reading that was (or will be) acknowledged."""
+
+    _gate: threading.Lock
+    _accepting: bool
+
+    @property
+    def accepting(self) -> bool:
+        """Cleared at shutdown: later messages go back to the broker for redelivery."""
+        return self._accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        with self._gate:
+            self._accepting = value
+
+
 class Link(Protocol):
     """A transport as the daemon uses it (worker thread: ``ack``, ``publish``; main thread:
     ``start``, ``stop``, ``accepting``; health checks: ``subscribed``, ``last_error``)."""

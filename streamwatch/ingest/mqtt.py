@@ -34,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
 from streamwatch.control.commands import CommandRequest, request
+from streamwatch.ingest.link import AcceptGate
 from streamwatch.ingest.parse import Reading, Silence, parse
 from streamwatch.ingest.sparkplug import SparkplugDecoder, is_sparkplug
 from streamwatch.logutil import RateLimited
@@ -70,7 +71,7 @@ _FATAL_CONNACK = {
 }
 
 
-class MQTTLink:
+class MQTTLink(AcceptGate):
     """One broker connection, shared by ingest (subscribe) and alerts (publish)."""
 
     def __init__(
@@ -134,19 +135,6 @@ class MQTTLink:
         self.client.on_publish = self._on_publish
         self.on_published: Callable[[int], None] = lambda mid: None
         """Called (network thread) with the id of each publish the broker acknowledged."""
-
-    @property
-    def accepting(self) -> bool:
-        """Cleared at shutdown: later messages are left unacknowledged for redelivery."""
-        return self._accepting
-
-    @accepting.setter
-    def accepting(self, value: bool) -> None:
-        # Taken under the lock that _on_message holds while it hands off: once this returns,
-        # no message is halfway into the queue, so the worker's final drain sees every reading
-        # that was (or will be) acknowledged.
-        with self._gate:
-            self._accepting = value
 
     def _setup_tls(self) -> None:
         t = self.cfg.tls

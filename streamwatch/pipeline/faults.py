@@ -43,7 +43,7 @@ import numpy as np
 from streamwatch.config import FaultsConfig
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
-from streamwatch.pipeline.groups import Pattern
+from streamwatch.pipeline.groups import Pattern, pattern_levels
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,7 @@ that repeats often a flat span is normal (repeats cluster, so no span length mak
 
 def compile_pattern(text: str) -> Pattern:
     """A sensor-id pattern (``+`` one level, ``#`` the rest, last); ValueError if bad."""
-    levels = tuple(text.split("/"))
-    if not text or any(not lv for lv in levels):
-        raise ValueError(f"pattern {text!r}: empty level")
-    for i, lv in enumerate(levels):
-        if ("+" in lv and lv != "+") or ("#" in lv and lv != "#"):
-            raise ValueError(f"pattern {text!r}: '+' and '#' must be whole levels")
-        if lv == "#" and i != len(levels) - 1:
-            raise ValueError(f"pattern {text!r}: '#' must be the last level")
-    return Pattern(text, levels, 0)
+    return Pattern(text, pattern_levels(text), 0)
 
 
 @dataclass(slots=True)

@@ -25,6 +25,20 @@ class PatternError(ValueError):
     """A group pattern that cannot name a group and a member."""
 
 
+def pattern_levels(text: str, what: str = "pattern") -> tuple[str, ...]:
+    """The levels of an MQTT-style sensor-id pattern (``+`` one whole level, ``#`` the rest,
+    last); :class:`PatternError`, naming ``what``, if it is not a valid one."""
+    levels = tuple(text.split("/"))
+    if not text or any(not lv for lv in levels):
+        raise PatternError(f"{what} {text!r}: empty level")
+    for i, lv in enumerate(levels):
+        if ("+" in lv and lv != "+") or ("#" in lv and lv != "#"):
+            raise PatternError(f"{what} {text!r}: '+' and '#' must be whole levels")
+        if lv == "#" and i != len(levels) - 1:
+            raise PatternError(f"{what} {text!r}: '#' must be the last level")
+    return levels
+
+
 @dataclass(frozen=True, slots=True)
 class Pattern:
     """One compiled pattern."""
@@ -37,14 +51,7 @@ class Pattern:
     @classmethod
     def parse(cls, text: str) -> Pattern:
         """Compile a pattern; :class:`PatternError` says what is wrong with a bad one."""
-        levels = tuple(text.split("/"))
-        if not text or any(not lv for lv in levels):
-            raise PatternError(f"group pattern {text!r}: empty level")
-        for i, lv in enumerate(levels):
-            if ("+" in lv and lv != "+") or ("#" in lv and lv != "#"):
-                raise PatternError(f"group pattern {text!r}: '+' and '#' must be whole levels")
-            if lv == "#" and i != len(levels) - 1:
-                raise PatternError(f"group pattern {text!r}: '#' must be the last level")
+        levels = pattern_levels(text, "group pattern")
         plus = [i for i, lv in enumerate(levels) if lv == "+"]
         if plus:
             group_levels = plus[-1] + 1
