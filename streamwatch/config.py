@@ -13,6 +13,7 @@ variable or a file, and is held as a ``SecretStr`` so it cannot leak into logs o
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -675,6 +676,10 @@ class IngestConfig(_Strict):
     )
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""A daemon id or KV bucket name part."""
+
+
 def parse_partitions(spec: str) -> list[int]:
     """``"0-7,12,16-31"`` as a sorted list of partition numbers; ValueError says what is wrong."""
     out: set[int] = set()
@@ -717,7 +722,34 @@ class NATSConfig(_Strict):
         32, ge=1, le=4096, description="P: the n in the mapping's {{partition(n, ...)}}."
     )
     partitions: str = Field(
-        "0-31", description='Partitions this daemon owns (static), e.g. "0-15" or "0-7,12".'
+        "0-31",
+        description='Partitions this daemon owns with ownership = "static", e.g. "0-15" or '
+        '"0-7,12".',
+    )
+    ownership: Literal["static", "lease"] = Field(
+        "static",
+        description="static: `partitions` says which this daemon reads. lease: daemons share "
+        "every partition among themselves through leases in the JetStream KV bucket "
+        "<consumer>_leases (a dead daemon's partitions move to the others after lease_ttl_s).",
+    )
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=3.0,
+        le=600.0,
+        description="ownership = lease: a lease not renewed for this long is taken over; its "
+        "holder stops reading the partition after half of it without a renewal.",
+    )
+    daemon_id: str | None = Field(
+        None,
+        description="ownership = lease: this daemon's name in the lease bucket (default: "
+        "host-pid-random). Letters, digits, - and _ only.",
+    )
+    replay_s: float = Field(
+        120.0,
+        ge=0.0,
+        description="ownership = lease: on taking a partition over, the stream's readings from "
+        "this many seconds before the last acknowledged one are replayed into the windows as "
+        "context (not scored, no alerts), so windows resume instead of starting empty.",
     )
     ack_wait_s: float = Field(
         30.0,
@@ -752,9 +784,23 @@ class NATSConfig(_Strict):
         parse_partitions(v)
         return v
 
+    @field_validator("daemon_id")
+    @classmethod
+    def _daemon_id(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError("letters, digits, - and _ only")
+        return v
+
     @model_validator(mode="after")
     def _owned_in_range(self) -> NATSConfig:
-        if self.owned()[-1] >= self.partition_count:
+        if self.ownership == "lease" and "partitions" in self.model_fields_set:
+            raise ValueError(
+                'partitions: not used with ownership = "lease" (the daemons share every '
+                "partition); remove it"
+            )
+        if self.ownership == "lease" and not _NAME.fullmatch(self.consumer):
+            raise ValueError('consumer: letters, digits, - and _ only with ownership = "lease"')
+        if self.ownership == "static" and self.owned()[-1] >= self.partition_count:
             raise ValueError(
                 f"partitions: {self.owned()[-1]} is not below partition_count "
                 f"({self.partition_count})"
@@ -762,8 +808,18 @@ class NATSConfig(_Strict):
         return self
 
     def owned(self) -> list[int]:
-        """The partition numbers this daemon consumes."""
+        """The partition numbers this daemon consumes (static ownership)."""
         return parse_partitions(self.partitions)
+
+    @property
+    def lease_bucket(self) -> str:
+        """The KV bucket holding the partition leases and the daemons' heartbeats."""
+        return f"{self.consumer}_leases"
+
+    @property
+    def alert_bucket(self) -> str:
+        """The KV bucket holding each sensor's open alert (ownership = lease)."""
+        return f"{self.consumer}_alerts"
 
 
 class Config(_Strict):

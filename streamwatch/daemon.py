@@ -33,7 +33,7 @@ from streamwatch.control.snapshot import Snapshots
 from streamwatch.control.state import ControlState
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
-from streamwatch.ingest.link import Link, make_link
+from streamwatch.ingest.link import Link, Partitioned, make_link
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs import httpd, live
 from streamwatch.outputs.metrics import Metrics
@@ -42,6 +42,8 @@ from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
 from streamwatch.pipeline.group_path import learned_groups_dir
 from streamwatch.pipeline.handoff import Handoff, Queued
+from streamwatch.pipeline.moves import MOVES
+from streamwatch.pipeline.moves import apply as apply_move
 from streamwatch.training import on_plateau, train_in_place
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,10 @@ class Daemon:
             cfg.state_dir / "outbox.jsonl" if cfg.state_dir else None, self.link.publish
         )
         self.link.on_published = self.outbox.published
+        self.moving: Partitioned | None = self.link if isinstance(self.link, Partitioned) else None
+        """The link, when partitions move between daemons (their alert state then lives
+        in NATS KV, not in ``state_dir``)."""
+        leased = cfg.ingest.transport == "jetstream" and cfg.nats.ownership == "lease"
         self._held: list[Any] = []
         """Acknowledgement tokens held back while the outbox cannot be written."""
         self._restored_faults: dict[str, str] = {}
@@ -130,7 +136,7 @@ class Daemon:
             self._publish_event,
             on_training_data=self._train_in_background,
             background_fits=True,
-            raised=self._load_alert_state(),
+            raised={} if leased else self._load_alert_state(),
         )
         self.engine.faults.raised_as.update(self._restored_faults)
         self.control = ControlState(cfg.state_dir / "operator.json" if cfg.state_dir else None)
@@ -478,13 +484,20 @@ class Daemon:
         """Score one slice, make its alerts durable, then acknowledge its messages: a reading
         is acknowledged only once it was scored and any alert it caused is in the outbox; an
         operator command only once it was applied, persisted and answered, in its turn."""
+        if self.moving is not None:  # what a partition given up left: its next owner reads it
+            owned = self.moving.still_owned
+            items = [it for it in items if it[2] is None or owned(it[2])]
         run: list[Queued] = []
         for item in items:
-            if item[0].__class__ is CommandRequest:
+            cls = item[0].__class__
+            if cls is CommandRequest or cls in MOVES:
                 if run:
                     self._score(run)
                     run = []
-                self._command(item[0])
+                if cls is CommandRequest:
+                    self._command(item[0])  # type: ignore[arg-type]
+                else:
+                    apply_move(self.engine, item[0])  # type: ignore[arg-type]
             else:
                 run.append(item)
         if run:
@@ -534,6 +547,8 @@ class Daemon:
 
     def _publish_event(self, ev: AlertEvent) -> None:
         mq = self.cfg.mqtt
+        if self.moving is not None:
+            self.moving.alert_changed(ev)
         doc = self.operator.annotate(ev.sensor, ev.to_json())
         self.outbox.add(
             f"{mq.alert_prefix}/{ev.sensor}", json.dumps(doc, separators=(",", ":")).encode()

@@ -117,6 +117,71 @@ class NatsClient:
         """A consumer's info (``num_pending``, ``num_ack_pending``, ...)."""
         return self._run(self.js.consumer_info(stream, name))
 
+    def publish_many(self, items: list[tuple[str, bytes]], window: int = 256) -> list[int]:
+        """Publish through JetStream, up to ``window`` at a time; the stream sequence of each,
+        in order."""
+
+        async def run() -> list[int]:
+            seqs: list[int] = []
+            for i in range(0, len(items), window):
+                acks = await asyncio.gather(
+                    *(self.js.publish(s, d) for s, d in items[i : i + window])
+                )
+                seqs += [a.seq for a in acks]
+            return seqs
+
+        out: list[int] = self._run(run(), timeout=300.0)
+        return out
+
+    def kv_latest(self, bucket: str) -> dict[str, bytes]:
+        """Every key of a KV bucket with its latest value (deleted keys left out)."""
+
+        async def run() -> dict[str, bytes]:
+            kv = await self.js.key_value(bucket)
+            watcher = await kv.watchall(ignore_deletes=True)
+            out: dict[str, bytes] = {}
+            while (entry := await watcher.updates(timeout=10)) is not None:
+                out[entry.key] = entry.value or b""
+            await watcher.stop()
+            return out
+
+        result: dict[str, bytes] = self._run(run())
+        return result
+
+    def kv_history(self, bucket: str, key: str) -> list[Any]:
+        """A key's revisions (``Entry``: value, revision, operation, created), oldest first."""
+
+        async def run() -> list[Any]:
+            kv = await self.js.key_value(bucket)
+            return list(await kv.history(key))
+
+        result: list[Any] = self._run(run())
+        return result
+
+    def stream_subjects(self, stream: str, subject: str) -> dict[int, str]:
+        """Stream sequence -> subject of every message of ``stream`` on ``subject`` (an
+        ordered consumer)."""
+
+        async def run() -> dict[int, str]:
+            info = await self.js.stream_info(stream)
+            last = info.state.last_seq
+            out: dict[int, str] = {}
+            done = asyncio.Event()
+
+            async def on_msg(msg: Msg) -> None:
+                out[msg.metadata.sequence.stream] = msg.subject
+                if msg.metadata.sequence.stream >= last:
+                    done.set()
+
+            sub = await self.js.subscribe(subject, stream=stream, cb=on_msg, ordered_consumer=True)
+            if last:
+                await asyncio.wait_for(done.wait(), 120)
+            await sub.unsubscribe()
+            return out
+
+        result: dict[int, str] = self._run(run(), timeout=150.0)
+        return result
+
     def close(self) -> None:
         """Disconnect and stop the loop."""
         self._run(self.nc.close())

@@ -39,13 +39,23 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
 
 from streamwatch.config import NATSConfig, PayloadConfig
+from streamwatch.ingest.leases import Leases, default_id, open_bucket
 from streamwatch.ingest.link import AcceptGate, HandOff
 from streamwatch.ingest.parse import parse
+from streamwatch.ingest.takeover import (
+    alert_doc,
+    alert_key,
+    consumer_config,
+    open_alerts,
+    take_consumer,
+)
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
+from streamwatch.pipeline.alerts import AlertEvent
+from streamwatch.pipeline.moves import Adopt, Context, Forget
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)
@@ -58,8 +68,21 @@ last pull requests, which JetStream would otherwise serve it to (and nobody woul
 RECONNECT_WAIT_S = 1.0
 SETUP_RETRY_MAX_S = 30.0
 """Longest wait between attempts to set up the stream and consumers."""
+RELEASE_WAIT_FRACTION = 0.25
+"""A partition handed over waits up to this fraction of the lease TTL for the worker to finish
+what it holds (then NAKs the rest)."""
 COMPLETED_KEPT = 10_000
 """Completed publish ids remembered for :meth:`JetStreamLink.ack` to announce again."""
+
+
+class _Token:
+    """What the worker acknowledges: a message, the partition it came from and the epoch of
+    this daemon's ownership of that partition it was read in."""
+
+    __slots__ = ("epoch", "msg", "partition")
+
+    def __init__(self, msg: Msg, partition: int, epoch: int) -> None:
+        self.msg, self.partition, self.epoch = msg, partition, epoch
 
 
 class JetStreamLink(AcceptGate):
@@ -72,7 +95,9 @@ class JetStreamLink(AcceptGate):
         self.payload = payload
         self.metrics = metrics
         self.hand_off = hand_off
-        self.partitions = cfg.owned()
+        self.partitions = cfg.owned() if cfg.ownership == "static" else []
+        """The partitions owned statically (none with leases: see :attr:`owned`)."""
+        self.daemon_id = cfg.daemon_id or default_id()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.last_error: str | None = "not connected yet"
@@ -88,42 +113,63 @@ class JetStreamLink(AcceptGate):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
         self._nc: Client | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._js: Any = None
+        self._pulls: dict[int, tuple[asyncio.Task[None], Any]] = {}
+        """Partition -> its pull task and subscription (loop thread)."""
+        self._epochs: dict[int, int] = {}
+        """Partition -> the epoch of this daemon's ownership (read by the worker through
+        :meth:`still_owned`; a partition given up has none)."""
+        self._epoch_n = itertools.count(1)
+        self._context_until: dict[int, int] = {}
+        self._sensors: dict[int, set[str]] = {}
+        """Partition -> the sensors seen on it (loop thread)."""
+        self._where: dict[str, int] = {}
+        """Sensor -> its partition (read by the worker through :meth:`alert_changed`)."""
+        self._leases: Leases | None = None
+        self._alerts_kv: KeyValue | None = None
+        self._kv_writes: set[asyncio.Task[Any]] = set()
+        """Alert state writes under way: acknowledgements wait for them."""
         self._acks: set[asyncio.Task[None]] = set()
         """Acks and publishes under way (loop thread); a stop waits for them."""
-        self._unacked: dict[int, Msg] = {}
-        """Messages handed to the worker and not acknowledged yet, by stream sequence (loop
-        thread only)."""
+        self._unacked: dict[int, dict[int, _Token]] = {}
+        """Partition -> messages handed to the worker and not acknowledged yet, by stream
+        sequence (loop thread only)."""
         self._closing = False
 
     @property
     def unacked(self) -> int:
         """Messages handed to the worker and not acknowledged yet."""
-        return len(self._unacked)
+        return sum(len(m) for m in list(self._unacked.values()))
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions this daemon reads now."""
+        return sorted(self._epochs)
 
     # -- lifecycle (main thread) ----------------------------------------------------------
 
     def start(self) -> None:
         """Start the loop thread; it connects (retrying) and starts the partitions' pulls."""
         log.info(
-            "connecting to %s (JetStream stream %s, partitions %s of %d)",
+            "connecting to %s (JetStream stream %s, %s of %d partitions, daemon %s)",
             self.cfg.url,
             self.cfg.stream,
-            self.cfg.partitions,
+            self.cfg.partitions if self.cfg.ownership == "static" else "leased share",
             self.cfg.partition_count,
+            self.daemon_id,
         )
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._main(), self._loop)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send the acks already given, NAK what was handed off but not acknowledged (the next
-        owner gets it after ``NAK_DELAY_S``), publish what is queued (up to ``timeout``),
-        disconnect."""
+        owner gets it after ``NAK_DELAY_S``), release the leases, publish what is queued (up
+        to ``timeout``), disconnect."""
         self.accepting = False
         if self._thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._close(timeout), self._loop)
             try:
-                fut.result(timeout + 1.0)
+                fut.result(timeout + 5.0)
             except Exception:
                 log.warning("NATS connection did not close cleanly", exc_info=True)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -149,7 +195,7 @@ class JetStreamLink(AcceptGate):
         return mid
 
     def ack(self, tokens: Sequence[Any]) -> None:
-        """Acknowledge the worker's finished messages (JetStream ``Msg``s), in arrival order."""
+        """Acknowledge the worker's finished messages, in arrival order."""
         # A publish can complete before the outbox has recorded the id publish() returned (it
         # records it after the call): announce completed ids again from here, which the worker
         # reaches only after that flush. Ids are never reused, so twice is harmless.
@@ -157,12 +203,27 @@ class JetStreamLink(AcceptGate):
             self.on_published(self._completed.popleft())
         if not tokens:
             return
-        msgs = list(tokens)
+        done = list(tokens)
         # Once stopped the loop is closed (RuntimeError): JetStream redelivers them.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._ack_soon, msgs)
+            self._loop.call_soon_threadsafe(self._ack_soon, done)
 
-    # -- loop thread ----------------------------------------------------------------------
+    def still_owned(self, token: Any) -> bool:
+        """Whether the message ``token`` stands for was read in this daemon's current
+        ownership of its partition (else the worker drops it: the next owner reads it)."""
+        return bool(self._epochs.get(token.partition) == token.epoch)
+
+    def alert_changed(self, ev: AlertEvent) -> None:
+        """Keep ``ev``'s sensor's open alert (or its clearing) in the alert bucket, before
+        the message that caused it is acknowledged (ownership = lease; else nothing)."""
+        if self._alerts_kv is None or (p := self._where.get(ev.sensor)) is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(
+                self._alert_soon, alert_key(p, ev.sensor), alert_doc(ev)
+            )
+
+    # -- loop thread: connection and setup ------------------------------------------------
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -175,14 +236,17 @@ class JetStreamLink(AcceptGate):
         nc = await self._connect()
         if nc is None:
             return
-        js = nc.jetstream()
+        self._js = js = nc.jetstream()
         wait = RECONNECT_WAIT_S
         while not self._closing:
             subs: list[Any] = []
             try:
                 await self._ensure_stream(js)
+                if self.cfg.ownership == "lease":
+                    await self._start_leases(js)
+                    return
                 for p in self.partitions:
-                    subs.append(await self._consumer(js, p))
+                    subs.append(await js.pull_subscribe(**self._static_consumer(p)))
             except Exception as exc:
                 # JetStream not ready yet (a server starting, a cluster electing a leader) or
                 # misconfigured: say why (readyz too) and try again with backoff.
@@ -194,25 +258,41 @@ class JetStreamLink(AcceptGate):
                 wait = min(wait * 2, SETUP_RETRY_MAX_S)
                 continue
             for p, sub in zip(self.partitions, subs, strict=True):
-                self._tasks.append(asyncio.create_task(self._pull(p, sub)))
+                self._start_pull(p, sub, 0)
             self.last_error = None
             self.subscribed.set()
             log.info("consuming partitions %s of stream %s", self.cfg.partitions, self.cfg.stream)
             return
 
-    async def _consumer(self, js: Any, partition: int) -> Any:
-        """Bind (creating it if missing) partition ``partition``'s durable pull consumer. An
+    def _static_consumer(self, partition: int) -> dict[str, Any]:
+        """Partition ``partition``'s durable pull consumer, bound (created if missing). An
         existing consumer keeps its settings: delete it to apply a new ack_wait_s."""
-        return await js.pull_subscribe(
-            f"{self.cfg.subject_prefix}.{partition}.>",
-            durable=f"{self.cfg.consumer}-{partition}",
-            stream=self.cfg.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.cfg.ack_wait_s,
-                max_ack_pending=self.cfg.max_ack_pending,
-            ),
-        )
+        return {
+            "subject": f"{self.cfg.subject_prefix}.{partition}.>",
+            "durable": f"{self.cfg.consumer}-{partition}",
+            "stream": self.cfg.stream,
+            "config": consumer_config(self.cfg),
+        }
+
+    async def _start_leases(self, js: Any) -> None:
+        if self._leases is None:
+            self._alerts_kv = await open_bucket(js, self.cfg.alert_bucket, history=1)
+            kv = await open_bucket(js, self.cfg.lease_bucket)
+            leases = Leases(
+                kv,
+                self.cfg.partition_count,
+                self.daemon_id,
+                self.cfg.lease_ttl_s,
+                self._gain,
+                self._release,
+                self._lose,
+            )
+            await leases.start()
+            self._leases = leases
+        await self._leases.ready.wait()
+        self.last_error = None
+        self.subscribed.set()
+        log.info("daemon %s reads partitions %s by lease", self.daemon_id, self.owned)
 
     async def _connect(self) -> Client | None:
         servers = [u.strip() for u in self.cfg.url.split(",")]
@@ -257,14 +337,75 @@ class JetStreamLink(AcceptGate):
         self.metrics.mqtt_connected.set(1)
         self.metrics.reconnects.inc()
         self.last_error = None
-        if self._tasks:
+        if self._pulls or self._leases is not None:
             self.subscribed.set()
 
     async def _error(self, exc: Exception) -> None:
         _limited.log(logging.WARNING, "nats_error", "NATS: %r", exc)
 
-    async def _pull(self, partition: int, sub: Any) -> None:
-        while not self._closing:
+    # -- loop thread: partitions coming and going (ownership = lease) ---------------------
+
+    async def _gain(self, partition: int) -> None:
+        """Start reading a partition whose lease this daemon just took."""
+        taken = await take_consumer(self._js, self.cfg, partition)
+        assert self._alerts_kv is not None
+        alerts = await open_alerts(self._alerts_kv, partition)
+        epoch = next(self._epoch_n)
+        self._context_until[partition] = taken.context_until
+        self._epochs[partition] = epoch
+        self._handoff_marker(Adopt(partition, alerts))
+        self._start_pull(partition, taken.sub, epoch)
+
+    async def _release(self, partition: int) -> None:
+        """Hand a partition over: stop pulling, let the worker finish (and acknowledge) what
+        it holds for a while, then hand the rest back."""
+        await self._stop_pull(partition)
+        deadline = time.monotonic() + self.cfg.lease_ttl_s * RELEASE_WAIT_FRACTION
+        while self._unacked.get(partition) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self._drop(partition)
+
+    async def _lose(self, partition: int) -> None:
+        """Stop a partition at once: its lease could not be renewed in time."""
+        await self._stop_pull(partition)
+        await self._drop(partition)
+
+    async def _drop(self, partition: int) -> None:
+        self._epochs.pop(partition, None)  # the worker drops what it has not started on
+        left = self._unacked.pop(partition, {})
+        if left:
+            log.info("partition %d: handing %d unscored messages back", partition, len(left))
+        for tok in left.values():
+            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
+        sensors = self._sensors.pop(partition, set())
+        for sensor in sensors:
+            if self._where.get(sensor) == partition:
+                del self._where[sensor]
+        self._handoff_marker(Forget(partition, sorted(sensors)))
+
+    def _handoff_marker(self, marker: Any) -> None:
+        with self._gate:
+            if self._accepting:
+                self.hand_off(marker, time.time(), None)
+
+    # -- loop thread: reading -------------------------------------------------------------
+
+    def _start_pull(self, partition: int, sub: Any, epoch: int) -> None:
+        self._epochs[partition] = epoch
+        self._unacked.setdefault(partition, {})
+        task = asyncio.create_task(self._pull(partition, sub, epoch))
+        self._pulls[partition] = (task, sub)
+
+    async def _stop_pull(self, partition: int) -> None:
+        task, sub = self._pulls.pop(partition, (None, None))
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if sub is not None:
+            await _quietly(sub.unsubscribe())
+
+    async def _pull(self, partition: int, sub: Any, epoch: int) -> None:
+        while not self._closing and self._epochs.get(partition) == epoch:
             try:
                 msgs = await sub.fetch(self.cfg.fetch_batch, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -278,29 +419,35 @@ class JetStreamLink(AcceptGate):
                 await asyncio.sleep(RECONNECT_WAIT_S)
                 continue
             for msg in msgs:
-                await self._on_message(msg)
+                if self._epochs.get(partition) != epoch:
+                    break  # given up meanwhile: the next owner reads them
+                await self._on_message(_Token(msg, partition, epoch))
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _on_message(self, tok: _Token) -> None:
         with self._gate:
             if not self._accepting:
                 refused = True
             else:
                 refused = False
-                self._take(msg)
+                self._take(tok)
         if refused:
-            await _quietly(msg.nak(delay=NAK_DELAY_S))
+            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
 
-    def _take(self, msg: Msg) -> None:
+    def _take(self, tok: _Token) -> None:
         """Decode one message and hand it off (its token: the message itself). Never raises."""
+        msg = tok.msg
         topic = "?"
         try:
             now = time.time()
             tokens = msg.subject.split(".")[self._skip :]
             topic = self.payload.sensor_prefix + "/".join(tokens) if tokens else ""
             out = parse(topic, msg.data, now, self.payload)
-            for reason in out.rejects:
-                self.metrics.rejected.labels(reason).inc()
-            if out.rejects:
+            seq = _seq(msg)
+            context = seq is not None and seq <= self._context_until.get(tok.partition, 0)
+            if not context:
+                for reason in out.rejects:
+                    self.metrics.rejected.labels(reason).inc()
+            if out.rejects and not context:
                 _limited.log(
                     logging.WARNING,
                     "rejected",
@@ -309,10 +456,15 @@ class JetStreamLink(AcceptGate):
                     msg.subject,
                     ", ".join(sorted(set(out.rejects))),
                 )
-            if (seq := _seq(msg)) is not None:
-                self._unacked[seq] = msg
+            if out.readings:
+                sensor = out.readings[0].sensor
+                if self._where.get(sensor) != tok.partition:
+                    self._where[sensor] = tok.partition
+                    self._sensors.setdefault(tok.partition, set()).add(sensor)
+            if seq is not None:
+                self._unacked.setdefault(tok.partition, {})[seq] = tok
             # A message with nothing to score goes through the queue too: acks stay in order.
-            self.hand_off(out.readings, now, msg)
+            self.hand_off(Context(out.readings) if context else out.readings, now, tok)
         except Exception:
             self.metrics.message_errors.inc()
             _limited.log(
@@ -323,15 +475,23 @@ class JetStreamLink(AcceptGate):
                 topic,
                 exc_info=True,
             )
-            self._ack_soon([msg])
+            self._ack_soon([tok])
 
-    def _ack_soon(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            if (seq := _seq(msg)) is not None:
-                self._unacked.pop(seq, None)
-        task = asyncio.create_task(_ack_all(msgs))
+    def _ack_soon(self, toks: list[_Token]) -> None:
+        for tok in toks:
+            if (seq := _seq(tok.msg)) is not None:
+                self._unacked.get(tok.partition, {}).pop(seq, None)
+        task = asyncio.create_task(_ack_all([t.msg for t in toks], set(self._kv_writes)))
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
+
+    def _alert_soon(self, key: str, doc: bytes | None) -> None:
+        assert self._alerts_kv is not None
+        kv = self._alerts_kv
+        write = kv.put(key, doc) if doc is not None else kv.delete(key)
+        task: asyncio.Task[Any] = asyncio.create_task(_logged(write, key))
+        self._kv_writes.add(task)
+        task.add_done_callback(self._kv_writes.discard)
 
     def _publish_soon(self, mid: int, subject: str, payload: bytes) -> None:
         task = asyncio.create_task(self._publish(mid, subject, payload))
@@ -354,17 +514,20 @@ class JetStreamLink(AcceptGate):
 
     async def _close(self, timeout: float) -> None:
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._leases is not None:
+            await self._leases.stop_claiming()
+        for p in list(self._pulls):
+            await self._stop_pull(p)
         if self._acks:
             await asyncio.wait(set(self._acks), timeout=timeout)
-        left = list(self._unacked.values())
+        left = [tok for part in self._unacked.values() for tok in part.values()]
         self._unacked.clear()
         if left:
             log.info("handing %d unscored messages back to JetStream (NAK)", len(left))
-        for msg in left:
-            await _quietly(msg.nak(delay=NAK_DELAY_S))
+        for tok in left:
+            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
+        if self._leases is not None:
+            await self._leases.release_all()
         nc = self._nc
         if nc is not None and not nc.is_closed:
             try:
@@ -381,9 +544,18 @@ def _seq(msg: Msg) -> int | None:
         return None
 
 
-async def _ack_all(msgs: list[Msg]) -> None:
+async def _ack_all(msgs: list[Msg], after: set[asyncio.Task[Any]]) -> None:
+    if after:  # alert state first: an acknowledged raise is never missing from the bucket
+        await asyncio.wait(after)
     for msg in msgs:
         await _quietly(msg.ack())
+
+
+async def _logged(write: Any, key: str) -> None:
+    try:
+        await write
+    except Exception as exc:
+        _limited.log(logging.ERROR, "alert_kv", "alert state %s not kept: %r", key, exc)
 
 
 async def _quietly(coro: Any) -> None:

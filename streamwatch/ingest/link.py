@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from streamwatch.config import Config
 from streamwatch.ingest.parse import Reading
 from streamwatch.outputs.metrics import Metrics
+
+if TYPE_CHECKING:
+    from streamwatch.pipeline.alerts import AlertEvent
 
 HandOff = Callable[[Sequence[Reading], float, Any], object]
 """The worker's queue: (readings or a marker, arrival time, acknowledgement token or None)."""
@@ -83,6 +86,20 @@ class Link(Protocol):
 
     def ack(self, tokens: Sequence[Any]) -> None:
         """Acknowledge the messages the worker is done with, in the order they arrived."""
+        ...
+
+
+@runtime_checkable
+class Partitioned(Protocol):
+    """A link whose partitions can move to another daemon (JetStream with leases)."""
+
+    def still_owned(self, token: Any) -> bool:
+        """False once the message ``token`` stands for belongs to a partition given up: the
+        worker drops it unscored and unacknowledged (the partition's next owner reads it)."""
+        ...
+
+    def alert_changed(self, ev: AlertEvent) -> None:
+        """Record a raise or clear where the partition's next owner finds it."""
         ...
 
 

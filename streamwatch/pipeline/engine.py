@@ -97,10 +97,11 @@ class Engine:
                 metrics,
                 sink,
                 self.raised,
-                self._mark_raised_changed,
+                self.mark_raised_changed,
             )
 
-    def _mark_raised_changed(self) -> None:
+    def mark_raised_changed(self) -> None:
+        """Have the raised alerts saved again (they changed outside the hot path)."""
         self._raised_changed = True
 
     @property
@@ -210,7 +211,7 @@ class Engine:
                 sw = windows.get(r.sensor, now)
                 st: SensorState | None = sw.state
                 if st is None:
-                    st = sw.state = self._new_state(r.sensor)
+                    st = sw.state = self.new_state(r.sensor)
                 dt = r.ts - sw.last_ts
                 if silent and r.sensor in silent:  # its silence was reported live: no gap
                     resumed += self._resumed(r.sensor, st, r.ts)
@@ -466,7 +467,8 @@ class Engine:
 
     # -- per-sensor bookkeeping -----------------------------------------------------------
 
-    def _new_state(self, sensor: str) -> SensorState:
+    def new_state(self, sensor: str) -> SensorState:
+        """A new sensor's state, resuming its alert if one is raised (``raised``)."""
         a = self.cfg.alerts
         alert = AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s, a.refractory)
         st = self.lifecycle.new_state(sensor, alert)

@@ -1,0 +1,333 @@
+"""Partition leases in a JetStream KV bucket: which daemon reads which partition
+(``nats.ownership = "lease"``, docs/scale-out.md).
+
+The bucket ``<consumer>_leases`` (history 64, so hand-overs can be audited) holds:
+
+- ``p.<n>``: partition n's lease, ``{"owner": <daemon id>, "at": <wall clock>}``, created with
+  ``create`` (only if absent or deleted) and renewed by its owner with compare-and-set on the
+  revision (``update(key, value, last=revision)``); a graceful release deletes it (also CAS);
+- ``d.<id>``: each daemon's heartbeat, rewritten at the same pace; the live daemons share the
+  partitions, ``ceil(P / live)`` each at most.
+
+**Expiry is observed, not stamped**: there is no bucket TTL and no expiry time in the value. A
+key counts as expired once its revision has not changed for ``lease_ttl_s`` on the observer's
+own monotonic clock, counted from when it first saw that revision; a daemon counts as live
+while its heartbeat changes within ``lease_ttl_s``. No two clocks need to agree.
+
+**One owner at a time**: the holder stops reading a partition once ``lease_ttl_s / 2`` has
+passed since it *sent* its last successful renewal (checked every ``lease_ttl_s / 6``, so
+at the latest about ``2/3`` of the TTL after it); whoever takes the lease over first saw that
+renewal after the server stored it, and waits ``lease_ttl_s`` from then. The CAS makes every
+claim of one revision succeed for one daemon only.
+
+Everything here runs on the link's asyncio loop; the link's callbacks start (``gain``), hand
+back (``release``) or drop (``lose``) a partition's reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from streamwatch.logutil import RateLimited
+
+log = logging.getLogger(__name__)
+_limited = RateLimited(log)
+
+HOLD_FRACTION = 0.5
+"""The holder stops reading a partition this fraction of the TTL after its last renewal."""
+TICK_FRACTION = 1 / 6
+"""Renewals, heartbeats and claims happen every this fraction of the TTL."""
+HISTORY = 64
+"""Revisions kept per key (the most a KV bucket keeps)."""
+
+PartitionHook = Callable[[int], Awaitable[None]]
+
+
+def default_id() -> str:
+    """``host-pid-random``: unique per process, readable in the bucket."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return f"{host or 'host'}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def lease_key(partition: int) -> str:
+    """The KV key of partition ``partition``'s lease."""
+    return f"p.{partition}"
+
+
+async def open_bucket(js: Any, name: str, history: int = HISTORY) -> KeyValue:
+    """The KV bucket ``name``, created (file storage) if missing."""
+    try:
+        kv: KeyValue = await js.key_value(name)
+        return kv
+    except nats.js.errors.BucketNotFoundError:
+        created: KeyValue = await js.create_key_value(KeyValueConfig(bucket=name, history=history))
+        return created
+
+
+@dataclass(slots=True)
+class _Seen:
+    owner: str | None
+    """The lease's owner (None for heartbeats and deleted keys)."""
+    revision: int
+    since: float
+    """Monotonic time this revision was first seen here."""
+    deleted: bool
+
+
+@dataclass(slots=True)
+class _Held:
+    revision: int
+    renewed: float
+    """Monotonic time the last successful renewal (or the claim) was sent."""
+
+
+class Leases:
+    """This daemon's side of the lease protocol (loop thread only)."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        partition_count: int,
+        daemon_id: str,
+        ttl: float,
+        gain: PartitionHook,
+        release: PartitionHook,
+        lose: PartitionHook,
+    ) -> None:
+        self.kv = kv
+        self.partition_count = partition_count
+        self.id = daemon_id
+        self.ttl = ttl
+        self.tick = ttl * TICK_FRACTION
+        self._gain, self._release, self._lose = gain, release, lose
+        self.held: dict[int, _Held] = {}
+        self.view: dict[str, _Seen] = {}
+        self._watcher: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._offset = zlib.crc32(daemon_id.encode()) % partition_count
+        """Where this daemon starts looking for partitions to claim (fewer collisions)."""
+        self.ready = asyncio.Event()
+        """Set once the first round of claims is done."""
+
+    @property
+    def owned(self) -> list[int]:
+        """The partitions whose lease this daemon holds."""
+        return sorted(self.held)
+
+    # -- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Watch the bucket and start renewing and claiming."""
+        self._watcher = await self.kv.watch(">")
+        while (entry := await self._watcher.updates(timeout=30)) is not None:  # the snapshot
+            self._saw(entry)
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="lease-watch"),
+            asyncio.create_task(self._renew_loop(), name="lease-renew"),
+            asyncio.create_task(self._manage_loop(), name="lease-manage"),
+        ]
+
+    async def stop_claiming(self) -> None:
+        """Stop renewing, claiming and watching (the leases held stay in the bucket until
+        :meth:`release_all` or their expiry)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+
+    async def release_all(self) -> None:
+        """Delete every lease held and this daemon's heartbeat: the others take the
+        partitions at once instead of after the TTL (the link stopped reading them first)."""
+        for p, h in sorted(self.held.items()):
+            with contextlib.suppress(Exception):
+                await self.kv.delete(lease_key(p), last=h.revision)
+        self.held.clear()
+        with contextlib.suppress(Exception):
+            await self.kv.delete(f"d.{self.id}")
+
+    # -- the bucket's current state -------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                entry = await self._watcher.updates(timeout=3600)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is not None:
+                self._saw(entry)
+
+    def _saw(self, entry: Any) -> None:
+        seen = self.view.get(entry.key)
+        if seen is not None and seen.revision == entry.revision:
+            return
+        deleted = entry.operation is not None  # deleted or purged: free
+        owner = None if deleted or not entry.key.startswith("p.") else _owner(entry.value)
+        self.view[entry.key] = _Seen(owner, entry.revision, time.monotonic(), deleted)
+
+    def live(self) -> int:
+        """Daemons whose heartbeat changed within the TTL, this one included."""
+        now = time.monotonic()
+        others = {
+            k
+            for k, s in self.view.items()
+            if k.startswith("d.") and k != f"d.{self.id}" and not s.deleted
+            if now - s.since < self.ttl
+        }
+        return 1 + len(others)
+
+    def share(self) -> int:
+        """The most partitions this daemon should hold: P / live daemons, rounded up."""
+        return math.ceil(self.partition_count / self.live())
+
+    # -- renewals -------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await self._renew()
+            await asyncio.sleep(self.tick)
+
+    async def _renew(self) -> None:
+        held = list(self.held.items())
+        sent = time.monotonic()
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(
+                    self.kv.update(lease_key(p), self._value(), last=h.revision), self.tick
+                )
+                for p, h in held
+            ),
+            return_exceptions=True,
+        )
+        now = time.monotonic()
+        for (p, h), res in zip(held, results, strict=True):
+            if self.held.get(p) is not h:
+                continue  # released meanwhile
+            if isinstance(res, int):
+                h.revision, h.renewed = res, sent
+            elif isinstance(res, nats.js.errors.KeyWrongLastSequenceError):
+                log.warning("lease of partition %d was taken by another daemon", p)
+                await self._drop(p)
+            elif now - h.renewed > self.ttl * HOLD_FRACTION:
+                log.warning(
+                    "lease of partition %d not renewed for %.1fs (%r): stopping it",
+                    p,
+                    now - h.renewed,
+                    res,
+                )
+                await self._drop(p)
+            else:
+                _limited.log(logging.WARNING, "lease_renew", "lease renewal failed: %r", res)
+
+    async def _drop(self, partition: int) -> None:
+        self.held.pop(partition, None)
+        try:
+            await self._lose(partition)
+        except Exception:
+            log.exception("stopping partition %d failed", partition)
+
+    # -- heartbeats, releases and claims --------------------------------------------------
+
+    async def _manage_loop(self) -> None:
+        while True:
+            try:
+                await self._manage()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _limited.log(logging.WARNING, "lease_manage", "lease round failed: %r", exc)
+            self.ready.set()
+            await asyncio.sleep(self.tick)
+
+    async def _manage(self) -> None:
+        await asyncio.wait_for(
+            self.kv.put(f"d.{self.id}", json.dumps({"at": time.time()}).encode()), self.tick
+        )
+        share = self.share()
+        surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
+        for p in surplus:
+            await self._hand_back(p)
+        for p in self._claimable()[: max(0, share - len(self.held))]:
+            await self._claim(p)
+
+    async def _hand_back(self, partition: int) -> None:
+        """Stop reading ``partition`` (the link hands back what it holds), then delete its
+        lease so that another daemon takes it at once."""
+        h = self.held.pop(partition)
+        log.info("handing partition %d back (share %d)", partition, self.share())
+        try:
+            await self._release(partition)
+        finally:
+            try:
+                await self.kv.delete(lease_key(partition), last=h.revision)
+            except Exception as exc:  # it expires instead
+                log.warning("deleting the lease of partition %d failed: %r", partition, exc)
+
+    def _claimable(self) -> list[int]:
+        """Partitions with no lease, then those whose lease expired, from this daemon's
+        offset on."""
+        now = time.monotonic()
+        free, expired = [], []
+        for i in range(self.partition_count):
+            p = (self._offset + i) % self.partition_count
+            if p in self.held:
+                continue
+            seen = self.view.get(lease_key(p))
+            if seen is None or seen.deleted:
+                free.append(p)
+            elif now - seen.since >= self.ttl:
+                expired.append(p)
+        return free + expired
+
+    async def _claim(self, partition: int) -> None:
+        key = lease_key(partition)
+        seen = self.view.get(key)
+        sent = time.monotonic()
+        try:
+            if seen is None or seen.deleted:
+                rev = await self.kv.create(key, self._value())
+            else:
+                rev = await self.kv.update(key, self._value(), last=seen.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return  # another daemon was first
+        if seen is not None and not seen.deleted:
+            log.warning("took over partition %d from %s (its lease expired)", partition, seen.owner)
+        self.held[partition] = _Held(rev, sent)
+        try:
+            await self._gain(partition)
+        except Exception as exc:
+            log.error("cannot start reading partition %d: %r; releasing it", partition, exc)
+            self.held.pop(partition, None)
+            with contextlib.suppress(Exception):
+                await self._lose(partition)
+            with contextlib.suppress(Exception):
+                await self.kv.delete(key, last=rev)
+
+    def _value(self) -> bytes:
+        return json.dumps({"owner": self.id, "at": time.time()}).encode()
+
+
+def _owner(value: bytes | None) -> str | None:
+    try:
+        return str(json.loads(value or b"")["owner"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
