@@ -266,8 +266,10 @@ class Leases:
         surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
         for p in surplus:
             await self._hand_back(p)
-        for p in self._claimable()[: max(0, share - len(self.held))]:
-            await self._claim(p)
+        wanted = self._claimable()[: max(0, share - len(self.held))]
+        for res in await asyncio.gather(*(self._claim(p) for p in wanted), return_exceptions=True):
+            if isinstance(res, Exception):
+                _limited.log(logging.WARNING, "lease_claim", "claiming failed: %r", res)
 
     async def _hand_back(self, partition: int) -> None:
         """Stop reading ``partition`` (the link hands back what it holds), then delete its
