@@ -4,7 +4,9 @@ Readings sit in a stream (``nats.stream``) under ``<subject_prefix>.<partition>.
 tokens>``; the server's subject mapping (``{{partition(n, ...)}}``, docs/scale-out.md) puts
 every reading of one sensor into one partition. Partition ``p`` is read through the durable pull
 consumer ``<consumer>-p`` (explicit acks), so a partition owned by one daemon at a time keeps
-each sensor's readings on one daemon, in order. Ownership is static (``nats.partitions``).
+each sensor's readings on one daemon, in order. Ownership is static (``nats.partitions``) or
+by leases in JetStream KV (``nats.ownership = "lease"``: :mod:`streamwatch.ingest.leases`, what
+a move does here: :mod:`streamwatch.ingest.ownership`).
 
 nats-py is asyncio: its loop runs in a thread of its own (``nats``), which fetches, decodes
 with :func:`streamwatch.ingest.parse.parse` (subject ``<prefix>.<p>.plant.pump1`` is the MQTT
@@ -42,50 +44,32 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from streamwatch.config import NATSConfig, PayloadConfig
-from streamwatch.ingest.leases import Leases, default_id, open_bucket
+from streamwatch.ingest.leases import LeaseThread, default_id
 from streamwatch.ingest.link import AcceptGate, HandOff
-from streamwatch.ingest.parse import parse
-from streamwatch.ingest.takeover import (
-    alert_doc,
-    alert_key,
-    consumer_config,
-    open_alerts,
-    take_consumer,
+from streamwatch.ingest.ownership import (
+    NAK_DELAY_S,
+    RECONNECT_WAIT_S,
+    PartitionMoves,
+    Token,
+    quietly,
+    stream_seq,
 )
+from streamwatch.ingest.parse import parse
+from streamwatch.ingest.takeover import consumer_config
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
-from streamwatch.pipeline.alerts import AlertEvent
-from streamwatch.pipeline.moves import Adopt, Context, Forget
+from streamwatch.pipeline.moves import Context
 
 log = logging.getLogger(__name__)
 _limited = RateLimited(log)
 
-FETCH_WAIT_S = 1.0
-"""How long one pull request waits for messages before it is renewed."""
-NAK_DELAY_S = 2 * FETCH_WAIT_S
-"""A message handed back at a stop is redelivered after this: past the expiry of this daemon's
-last pull requests, which JetStream would otherwise serve it to (and nobody would read it)."""
-RECONNECT_WAIT_S = 1.0
 SETUP_RETRY_MAX_S = 30.0
 """Longest wait between attempts to set up the stream and consumers."""
-RELEASE_WAIT_FRACTION = 0.25
-"""A partition handed over waits up to this fraction of the lease TTL for the worker to finish
-what it holds (then NAKs the rest)."""
 COMPLETED_KEPT = 10_000
 """Completed publish ids remembered for :meth:`JetStreamLink.ack` to announce again."""
 
 
-class _Token:
-    """What the worker acknowledges: a message, the partition it came from and the epoch of
-    this daemon's ownership of that partition it was read in."""
-
-    __slots__ = ("epoch", "msg", "partition")
-
-    def __init__(self, msg: Msg, partition: int, epoch: int) -> None:
-        self.msg, self.partition, self.epoch = msg, partition, epoch
-
-
-class JetStreamLink(AcceptGate):
+class JetStreamLink(AcceptGate, PartitionMoves):
     """One NATS connection: a pull consumer per owned partition, plus alert publishing."""
 
     def __init__(
@@ -125,13 +109,13 @@ class JetStreamLink(AcceptGate):
         """Partition -> the sensors seen on it (loop thread)."""
         self._where: dict[str, int] = {}
         """Sensor -> its partition (read by the worker through :meth:`alert_changed`)."""
-        self._leases: Leases | None = None
+        self._leases: LeaseThread | None = None
         self._alerts_kv: KeyValue | None = None
         self._kv_writes: set[asyncio.Task[Any]] = set()
         """Alert state writes under way: acknowledgements wait for them."""
         self._acks: set[asyncio.Task[None]] = set()
         """Acks and publishes under way (loop thread); a stop waits for them."""
-        self._unacked: dict[int, dict[int, _Token]] = {}
+        self._unacked: dict[int, dict[int, Token]] = {}
         """Partition -> messages handed to the worker and not acknowledged yet, by stream
         sequence (loop thread only)."""
         self._closing = False
@@ -140,11 +124,6 @@ class JetStreamLink(AcceptGate):
     def unacked(self) -> int:
         """Messages handed to the worker and not acknowledged yet."""
         return sum(len(m) for m in list(self._unacked.values()))
-
-    @property
-    def owned(self) -> list[int]:
-        """The partitions this daemon reads now."""
-        return sorted(self._epochs)
 
     # -- lifecycle (main thread) ----------------------------------------------------------
 
@@ -208,21 +187,6 @@ class JetStreamLink(AcceptGate):
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._ack_soon, done)
 
-    def still_owned(self, token: Any) -> bool:
-        """Whether the message ``token`` stands for was read in this daemon's current
-        ownership of its partition (else the worker drops it: the next owner reads it)."""
-        return bool(self._epochs.get(token.partition) == token.epoch)
-
-    def alert_changed(self, ev: AlertEvent) -> None:
-        """Keep ``ev``'s sensor's open alert (or its clearing) in the alert bucket, before
-        the message that caused it is acknowledged (ownership = lease; else nothing)."""
-        if self._alerts_kv is None or (p := self._where.get(ev.sensor)) is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(
-                self._alert_soon, alert_key(p, ev.sensor), alert_doc(ev)
-            )
-
     # -- loop thread: connection and setup ------------------------------------------------
 
     def _run(self) -> None:
@@ -253,7 +217,7 @@ class JetStreamLink(AcceptGate):
                 self.last_error = f"cannot set up the JetStream consumers: {exc!r}"
                 _limited.log(logging.ERROR, "nats_setup", "%s; retrying", self.last_error)
                 for sub in subs:
-                    await _quietly(sub.unsubscribe())
+                    await quietly(sub.unsubscribe())
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, SETUP_RETRY_MAX_S)
                 continue
@@ -273,26 +237,6 @@ class JetStreamLink(AcceptGate):
             "stream": self.cfg.stream,
             "config": consumer_config(self.cfg),
         }
-
-    async def _start_leases(self, js: Any) -> None:
-        if self._leases is None:
-            self._alerts_kv = await open_bucket(js, self.cfg.alert_bucket, history=1)
-            kv = await open_bucket(js, self.cfg.lease_bucket)
-            leases = Leases(
-                kv,
-                self.cfg.partition_count,
-                self.daemon_id,
-                self.cfg.lease_ttl_s,
-                self._gain,
-                self._release,
-                self._lose,
-            )
-            await leases.start()
-            self._leases = leases
-        await self._leases.ready.wait()
-        self.last_error = None
-        self.subscribed.set()
-        log.info("daemon %s reads partitions %s by lease", self.daemon_id, self.owned)
 
     async def _connect(self) -> Client | None:
         servers = [u.strip() for u in self.cfg.url.split(",")]
@@ -343,87 +287,9 @@ class JetStreamLink(AcceptGate):
     async def _error(self, exc: Exception) -> None:
         _limited.log(logging.WARNING, "nats_error", "NATS: %r", exc)
 
-    # -- loop thread: partitions coming and going (ownership = lease) ---------------------
-
-    async def _gain(self, partition: int) -> None:
-        """Start reading a partition whose lease this daemon just took."""
-        taken = await take_consumer(self._js, self.cfg, partition)
-        assert self._alerts_kv is not None
-        alerts = await open_alerts(self._alerts_kv, partition)
-        epoch = next(self._epoch_n)
-        self._context_until[partition] = taken.context_until
-        self._epochs[partition] = epoch
-        self._handoff_marker(Adopt(partition, alerts))
-        self._start_pull(partition, taken.sub, epoch)
-
-    async def _release(self, partition: int) -> None:
-        """Hand a partition over: stop pulling, let the worker finish (and acknowledge) what
-        it holds for a while, then hand the rest back."""
-        await self._stop_pull(partition)
-        deadline = time.monotonic() + self.cfg.lease_ttl_s * RELEASE_WAIT_FRACTION
-        while self._unacked.get(partition) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await self._drop(partition)
-
-    async def _lose(self, partition: int) -> None:
-        """Stop a partition at once: its lease could not be renewed in time."""
-        await self._stop_pull(partition)
-        await self._drop(partition)
-
-    async def _drop(self, partition: int) -> None:
-        self._epochs.pop(partition, None)  # the worker drops what it has not started on
-        left = self._unacked.pop(partition, {})
-        if left:
-            log.info("partition %d: handing %d unscored messages back", partition, len(left))
-        for tok in left.values():
-            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
-        sensors = self._sensors.pop(partition, set())
-        for sensor in sensors:
-            if self._where.get(sensor) == partition:
-                del self._where[sensor]
-        self._handoff_marker(Forget(partition, sorted(sensors)))
-
-    def _handoff_marker(self, marker: Any) -> None:
-        with self._gate:
-            if self._accepting:
-                self.hand_off(marker, time.time(), None)
-
     # -- loop thread: reading -------------------------------------------------------------
 
-    def _start_pull(self, partition: int, sub: Any, epoch: int) -> None:
-        self._epochs[partition] = epoch
-        self._unacked.setdefault(partition, {})
-        task = asyncio.create_task(self._pull(partition, sub, epoch))
-        self._pulls[partition] = (task, sub)
-
-    async def _stop_pull(self, partition: int) -> None:
-        task, sub = self._pulls.pop(partition, (None, None))
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if sub is not None:
-            await _quietly(sub.unsubscribe())
-
-    async def _pull(self, partition: int, sub: Any, epoch: int) -> None:
-        while not self._closing and self._epochs.get(partition) == epoch:
-            try:
-                msgs = await sub.fetch(self.cfg.fetch_batch, timeout=FETCH_WAIT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _limited.log(
-                    logging.WARNING, "nats_fetch", "fetch on partition %d: %r", partition, exc
-                )
-                await asyncio.sleep(RECONNECT_WAIT_S)
-                continue
-            for msg in msgs:
-                if self._epochs.get(partition) != epoch:
-                    break  # given up meanwhile: the next owner reads them
-                await self._on_message(_Token(msg, partition, epoch))
-
-    async def _on_message(self, tok: _Token) -> None:
+    async def _on_message(self, tok: Token) -> None:
         with self._gate:
             if not self._accepting:
                 refused = True
@@ -431,9 +297,9 @@ class JetStreamLink(AcceptGate):
                 refused = False
                 self._take(tok)
         if refused:
-            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
+            await quietly(tok.msg.nak(delay=NAK_DELAY_S))
 
-    def _take(self, tok: _Token) -> None:
+    def _take(self, tok: Token) -> None:
         """Decode one message and hand it off (its token: the message itself). Never raises."""
         msg = tok.msg
         topic = "?"
@@ -442,7 +308,7 @@ class JetStreamLink(AcceptGate):
             tokens = msg.subject.split(".")[self._skip :]
             topic = self.payload.sensor_prefix + "/".join(tokens) if tokens else ""
             out = parse(topic, msg.data, now, self.payload)
-            seq = _seq(msg)
+            seq = stream_seq(msg)
             context = seq is not None and seq <= self._context_until.get(tok.partition, 0)
             if not context:
                 for reason in out.rejects:
@@ -477,21 +343,13 @@ class JetStreamLink(AcceptGate):
             )
             self._ack_soon([tok])
 
-    def _ack_soon(self, toks: list[_Token]) -> None:
+    def _ack_soon(self, toks: list[Token]) -> None:
         for tok in toks:
-            if (seq := _seq(tok.msg)) is not None:
+            if (seq := stream_seq(tok.msg)) is not None:
                 self._unacked.get(tok.partition, {}).pop(seq, None)
         task = asyncio.create_task(_ack_all([t.msg for t in toks], set(self._kv_writes)))
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)
-
-    def _alert_soon(self, key: str, doc: bytes | None) -> None:
-        assert self._alerts_kv is not None
-        kv = self._alerts_kv
-        write = kv.put(key, doc) if doc is not None else kv.delete(key)
-        task: asyncio.Task[Any] = asyncio.create_task(_logged(write, key))
-        self._kv_writes.add(task)
-        task.add_done_callback(self._kv_writes.discard)
 
     def _publish_soon(self, mid: int, subject: str, payload: bytes) -> None:
         task = asyncio.create_task(self._publish(mid, subject, payload))
@@ -525,9 +383,9 @@ class JetStreamLink(AcceptGate):
         if left:
             log.info("handing %d unscored messages back to JetStream (NAK)", len(left))
         for tok in left:
-            await _quietly(tok.msg.nak(delay=NAK_DELAY_S))
+            await quietly(tok.msg.nak(delay=NAK_DELAY_S))
         if self._leases is not None:
-            await self._leases.release_all()
+            await self._leases.close()
         nc = self._nc
         if nc is not None and not nc.is_closed:
             try:
@@ -537,31 +395,8 @@ class JetStreamLink(AcceptGate):
             await nc.close()
 
 
-def _seq(msg: Msg) -> int | None:
-    try:
-        return int(msg.metadata.sequence.stream)
-    except Exception:
-        return None
-
-
 async def _ack_all(msgs: list[Msg], after: set[asyncio.Task[Any]]) -> None:
     if after:  # alert state first: an acknowledged raise is never missing from the bucket
         await asyncio.wait(after)
     for msg in msgs:
-        await _quietly(msg.ack())
-
-
-async def _logged(write: Any, key: str) -> None:
-    try:
-        await write
-    except Exception as exc:
-        _limited.log(logging.ERROR, "alert_kv", "alert state %s not kept: %r", key, exc)
-
-
-async def _quietly(coro: Any) -> None:
-    """Await an ack or a NAK; a failure (already acknowledged, disconnected) only means
-    JetStream redelivers the message after ``ack_wait``."""
-    try:
-        await coro
-    except Exception as exc:
-        _limited.log(logging.DEBUG, "nats_ack", "ack/nak failed: %r", exc)
+        await quietly(msg.ack())

@@ -20,8 +20,10 @@ at the latest about ``2/3`` of the TTL after it); whoever takes the lease over f
 renewal after the server stored it, and waits ``lease_ttl_s`` from then. The CAS makes every
 claim of one revision succeed for one daemon only.
 
-Everything here runs on the link's asyncio loop; the link's callbacks start (``gain``), hand
-back (``release``) or drop (``lose``) a partition's reading.
+The leases live on a NATS connection and an asyncio loop (thread ``nats-leases``) of their own
+(:class:`LeaseThread`): a data path busy decoding a backlog cannot hold renewals back. The
+link's callbacks, run on the link's loop, start (``gain``), hand back (``release``) or drop
+(``lose``) a partition's reading.
 """
 
 from __future__ import annotations
@@ -34,17 +36,21 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from streamwatch.config import NATSConfig
 from streamwatch.logutil import RateLimited
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,7 @@ TICK_FRACTION = 1 / 6
 HISTORY = 64
 """Revisions kept per key (the most a KV bucket keeps)."""
 
-PartitionHook = Callable[[int], Awaitable[None]]
+PartitionHook = Callable[[int], Coroutine[Any, Any, None]]
 
 
 def default_id() -> str:
@@ -123,6 +129,7 @@ class Leases:
         self._tasks: list[asyncio.Task[None]] = []
         self._offset = zlib.crc32(daemon_id.encode()) % partition_count
         """Where this daemon starts looking for partitions to claim (fewer collisions)."""
+        self._renewing = asyncio.Lock()
         self.ready = asyncio.Event()
         """Set once the first round of claims is done."""
 
@@ -159,8 +166,7 @@ class Leases:
         """Delete every lease held and this daemon's heartbeat: the others take the
         partitions at once instead of after the TTL (the link stopped reading them first)."""
         for p, h in sorted(self.held.items()):
-            with contextlib.suppress(Exception):
-                await self.kv.delete(lease_key(p), last=h.revision)
+            await self._delete_own(p, h)
         self.held.clear()
         with contextlib.suppress(Exception):
             await self.kv.delete(f"d.{self.id}")
@@ -209,22 +215,25 @@ class Leases:
     async def _renew(self) -> None:
         held = list(self.held.items())
         sent = time.monotonic()
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(
-                    self.kv.update(lease_key(p), self._value(), last=h.revision), self.tick
-                )
-                for p, h in held
-            ),
-            return_exceptions=True,
-        )
+        async with self._renewing:
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(
+                        self.kv.update(lease_key(p), self._value(), last=h.revision),
+                        self.ttl * HOLD_FRACTION,
+                    )
+                    for p, h in held
+                ),
+                return_exceptions=True,
+            )
+            for (_, h), res in zip(held, results, strict=True):
+                if isinstance(res, int):  # even if handed back meanwhile: it deletes this one
+                    h.revision, h.renewed = res, sent
         now = time.monotonic()
         for (p, h), res in zip(held, results, strict=True):
-            if self.held.get(p) is not h:
-                continue  # released meanwhile
-            if isinstance(res, int):
-                h.revision, h.renewed = res, sent
-            elif isinstance(res, nats.js.errors.KeyWrongLastSequenceError):
+            if self.held.get(p) is not h or isinstance(res, int):
+                continue  # renewed, or handed back meanwhile
+            if isinstance(res, nats.js.errors.KeyWrongLastSequenceError):
                 log.warning("lease of partition %d was taken by another daemon", p)
                 await self._drop(p)
             elif now - h.renewed > self.ttl * HOLD_FRACTION:
@@ -260,7 +269,8 @@ class Leases:
 
     async def _manage(self) -> None:
         await asyncio.wait_for(
-            self.kv.put(f"d.{self.id}", json.dumps({"at": time.time()}).encode()), self.tick
+            self.kv.put(f"d.{self.id}", json.dumps({"at": time.time()}).encode()),
+            self.ttl * HOLD_FRACTION,
         )
         share = self.share()
         surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
@@ -279,14 +289,26 @@ class Leases:
         try:
             await self._release(partition)
         finally:
-            try:
-                await self.kv.delete(lease_key(partition), last=h.revision)
-            except Exception as exc:  # it expires instead
-                log.warning("deleting the lease of partition %d failed: %r", partition, exc)
+            await self._delete_own(partition, h)
+
+    async def _delete_own(self, partition: int, h: _Held) -> None:
+        """Delete a lease this daemon holds (compare-and-set: never another's)."""
+        key = lease_key(partition)
+        try:
+            async with self._renewing:  # not while a renewal of it is under way
+                try:
+                    await self.kv.delete(key, last=h.revision)
+                except nats.js.errors.BadRequestError:  # a renewal cut short by a stop landed
+                    entry = await self.kv.get(key)
+                    if entry.revision is None or _owner(entry.value) != self.id:
+                        return
+                    await self.kv.delete(key, last=entry.revision)
+        except Exception as exc:  # it expires instead
+            log.warning("deleting the lease of partition %d failed: %r", partition, exc)
 
     def _claimable(self) -> list[int]:
-        """Partitions with no lease, then those whose lease expired, from this daemon's
-        offset on."""
+        """Partitions with no lease (or this daemon's own, dropped after a failed renewal),
+        then those whose lease expired, from this daemon's offset on."""
         now = time.monotonic()
         free, expired = [], []
         for i in range(self.partition_count):
@@ -294,8 +316,8 @@ class Leases:
             if p in self.held:
                 continue
             seen = self.view.get(lease_key(p))
-            if seen is None or seen.deleted:
-                free.append(p)
+            if seen is None or seen.deleted or seen.owner == self.id:
+                free.append(p)  # this daemon's own: dropped after a renewal failed
             elif now - seen.since >= self.ttl:
                 expired.append(p)
         return free + expired
@@ -333,3 +355,99 @@ def _owner(value: bytes | None) -> str | None:
         return str(json.loads(value or b"")["owner"])
     except (ValueError, KeyError, TypeError):
         return "?"
+
+
+class LeaseThread:
+    """:class:`Leases` on a connection and loop of their own. Its methods are coroutines for
+    the link's loop; the hooks run there too."""
+
+    def __init__(
+        self,
+        cfg: NATSConfig,
+        daemon_id: str,
+        gain: PartitionHook,
+        release: PartitionHook,
+        lose: PartitionHook,
+    ) -> None:
+        self.cfg = cfg
+        self.daemon_id = daemon_id
+        self._hooks = (gain, release, lose)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="nats-leases", daemon=True)
+        self._nc: Client | None = None
+        self.leases: Leases | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    async def _here(self, coro: Any) -> Any:
+        """Run ``coro`` on the lease loop and wait for it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def start(self) -> None:
+        """Connect, open the lease bucket and take part; returns after the first round."""
+        if not self._thread.is_alive():
+            self._thread.start()
+        await self._here(self._start(asyncio.get_running_loop()))
+
+    async def _start(self, link_loop: asyncio.AbstractEventLoop) -> None:
+        if self._nc is None:
+            self._nc = await nats.connect(
+                servers=[u.strip() for u in self.cfg.url.split(",")],
+                name=f"{self.cfg.consumer}-leases",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1.0,
+                error_cb=_nats_error,
+            )
+        if self.leases is None:
+            kv = await open_bucket(self._nc.jetstream(), self.cfg.lease_bucket)
+            gain, release, lose = (_on(link_loop, hook) for hook in self._hooks)
+            leases = Leases(
+                kv,
+                self.cfg.partition_count,
+                self.daemon_id,
+                self.cfg.lease_ttl_s,
+                gain,
+                release,
+                lose,
+            )
+            await leases.start()
+            self.leases = leases
+        await self.leases.ready.wait()
+
+    async def stop_claiming(self) -> None:
+        """No more renewals or claims (see :meth:`Leases.stop_claiming`)."""
+        if self.leases is not None:
+            await self._here(self.leases.stop_claiming())
+
+    async def close(self) -> None:
+        """Delete the leases held (see :meth:`Leases.release_all`), disconnect, end the
+        thread."""
+        if self._thread.is_alive():
+            await self._here(self._close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)
+
+    async def _close(self) -> None:
+        if self.leases is not None:
+            await self.leases.release_all()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+def _on(loop: asyncio.AbstractEventLoop, hook: PartitionHook) -> PartitionHook:
+    """``hook``, run on ``loop`` (the link's) whichever loop awaits it."""
+
+    async def run(partition: int) -> None:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hook(partition), loop))
+
+    return run
+
+
+async def _nats_error(exc: Exception) -> None:
+    _limited.log(logging.WARNING, "lease_nats", "NATS (leases): %r", exc)
