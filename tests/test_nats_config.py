@@ -35,6 +35,12 @@ def test_partitions_take_ranges_and_numbers() -> None:
         ({"subject_prefix": "a.>"}, "nats.subject_prefix", "wildcards"),
         ({"subject_prefix": "a..b"}, "nats.subject_prefix", "wildcards"),
         ({"partition_count": 0}, "nats.partition_count", "greater than or equal to 1"),
+        ({"ownership": "lease", "partitions": "0-3"}, "nats", "not used with ownership"),
+        ({"ownership": "auto"}, "nats.ownership", "'static' or 'lease'"),
+        ({"ownership": "lease", "lease_ttl_s": 1}, "nats.lease_ttl_s", "greater than or equal"),
+        ({"ownership": "lease", "daemon_id": "a.b"}, "nats.daemon_id", "letters, digits"),
+        ({"ownership": "lease", "consumer": "sw.x"}, "nats", "consumer: letters, digits"),
+        ({"replay_s": -1}, "nats.replay_s", "greater than or equal to 0"),
     ],
 )
 def test_bad_nats_settings_name_their_key(nats: dict[str, object], key: str, says: str) -> None:
@@ -60,3 +66,19 @@ def test_make_link_picks_the_transport() -> None:
     assert isinstance(link, JetStreamLink)
     assert link.partitions == [2, 3, 4]
     assert not link.subscribed.is_set() and link.last_error  # nothing started
+
+
+def test_lease_ownership_needs_no_partitions_and_names_its_buckets() -> None:
+    cfg = from_mapping({"nats": {"ownership": "lease", "partition_count": 64}})
+    assert cfg.nats.ownership == "lease" and cfg.nats.lease_ttl_s == 10.0
+    assert (cfg.nats.lease_bucket, cfg.nats.alert_bucket) == (
+        "streamwatch_leases",
+        "streamwatch_alerts",
+    )
+    link = make_link(
+        from_mapping({"ingest": {"transport": "jetstream"}, "nats": {"ownership": "lease"}}),
+        Metrics(CollectorRegistry()),
+        lambda *a: 0,
+    )
+    assert link.partitions == [] and link.owned == []  # type: ignore[attr-defined]
+    assert Config().nats.ownership == "static"  # the default stays static

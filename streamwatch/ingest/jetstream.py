@@ -44,7 +44,8 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from streamwatch.config import NATSConfig, PayloadConfig
-from streamwatch.ingest.leases import LeaseThread, default_id
+from streamwatch.ingest.lease_thread import LeaseThread
+from streamwatch.ingest.leases import default_id
 from streamwatch.ingest.link import AcceptGate, HandOff
 from streamwatch.ingest.ownership import (
     NAK_DELAY_S,

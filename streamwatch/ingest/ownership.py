@@ -24,7 +24,8 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from streamwatch.config import NATSConfig
-from streamwatch.ingest.leases import LeaseThread, open_bucket
+from streamwatch.ingest.lease_thread import LeaseThread
+from streamwatch.ingest.leases import open_bucket
 from streamwatch.ingest.link import HandOff
 from streamwatch.ingest.takeover import alert_doc, alert_key, open_alerts, take_consumer
 from streamwatch.logutil import RateLimited
