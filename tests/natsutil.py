@@ -4,7 +4,9 @@ partitioning subject mapping on a free loopback port, and a small blocking NATS 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -68,6 +70,74 @@ class NatsServer:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+class CutProxy:
+    """A TCP forwarder from a free loopback port to ``target_port`` that can cut every
+    connection through it (and refuse new ones: they are closed at once) until restored: a
+    daemon behind it loses NATS while the others keep it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._open = True
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The client URL through the proxy."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._open:
+                down.close()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                down.close()
+                continue
+            with self._lock:
+                self._socks += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones."""
+        self._open = False
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        """Let connections through again."""
+        self._open = True
+
+    def close(self) -> None:
+        """Stop listening and drop everything."""
+        self.cut()
+        self._listener.close()
 
 
 class NatsClient:

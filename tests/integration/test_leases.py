@@ -20,7 +20,7 @@ from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.ingest.jetstream import JetStreamLink
 from tests.helpers import wait_until
-from tests.natsutil import NATS_SERVER, NatsClient, NatsServer
+from tests.natsutil import NATS_SERVER, CutProxy, NatsClient, NatsServer
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 P = 8
-TTL = 3.0
+TTL = 4.0
 LEASES = "streamwatch_leases"
 
 
@@ -54,7 +54,7 @@ def client(nats_server: NatsServer) -> Iterator[NatsClient]:
     c.close()
 
 
-def _cfg(server: NatsServer, name: str) -> Config:
+def _cfg(server: NatsServer | CutProxy, name: str) -> Config:
     return from_mapping(
         {
             "ingest": {"transport": "jetstream"},
@@ -137,3 +137,45 @@ def test_daemons_share_the_partitions_and_a_stop_hands_them_over(
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_daemon_that_loses_nats_stops_before_its_leases_can_be_taken(
+    nats_server: NatsServer, client: NatsClient
+) -> None:
+    """Cut one daemon off NATS: it stops reading its partitions (it cannot renew) before the
+    TTL ends, and only then does the other take them; back on NATS, it gets its share again."""
+    proxy = CutProxy(nats_server.port)
+    a = Daemon(_cfg(nats_server, "a"), registry=CollectorRegistry())
+    b = Daemon(_cfg(proxy, "b"), registry=CollectorRegistry())
+    a.start()
+    b.start()
+    try:
+        assert a.wait_ready(20) and b.wait_ready(20)
+        assert wait_until(lambda: len(_link(a).owned) == len(_link(b).owned) == P // 2, 30)
+        b_parts = _link(b).owned
+        cut = time.monotonic()
+        proxy.cut()
+        stopped: float | None = None
+        taken: float | None = None
+        while time.monotonic() - cut < TTL + 15 and taken is None:
+            now = time.monotonic()
+            if stopped is None and not _link(b).owned:
+                stopped = now
+            if set(b_parts) <= set(_link(a).owned):
+                taken = now
+            time.sleep(0.02)
+        assert stopped is not None and taken is not None, (_link(a).owned, _link(b).owned)
+        print(f"cut off: stopped after {stopped - cut:.1f}s, taken over after {taken - cut:.1f}s")
+        assert stopped - cut < TTL  # it could not renew: it stopped within the TTL ...
+        assert stopped < taken  # ... and before anyone could take its partitions
+        # Back on NATS: it rejoins and gets its share again; one owner per partition.
+        proxy.restore()
+        assert wait_until(lambda: len(_link(a).owned) == len(_link(b).owned) == P // 2, 40), (
+            _link(a).owned,
+            _link(b).owned,
+        )
+        assert not set(_link(a).owned) & set(_link(b).owned)
+    finally:
+        b.stop()
+        a.stop()
+        proxy.close()
