@@ -90,3 +90,14 @@ def test_alert_keys_escape_what_kv_keys_cannot_hold() -> None:
         assert all(c.isalnum() or c in "-_/=." for c in key) and key.isascii()
         assert key.count(".") == 1
         assert _sensor_of(key) == sensor
+
+
+def test_the_queue_never_sheds_a_marker() -> None:
+    from streamwatch.pipeline.handoff import Handoff
+
+    q = Handoff(100, linger_s=0.0)
+    q.put(Adopt(2, {"a": {"alert_id": "x"}}), 0.0, None)  # type: ignore[arg-type]
+    for i in range(5):
+        q.put([Reading("s", float(i * 50 + j), 1.0) for j in range(50)], 0.0, None)
+    items = q.drain(0)
+    assert isinstance(items[0][0], Adopt)  # kept at the head, nothing shed past it

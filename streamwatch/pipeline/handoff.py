@@ -61,7 +61,12 @@ class Handoff:
             self._items.append((readings, arrived, token))
             self._count += len(readings)
             items = self._items
-            while self._count > self.max_readings and len(items) > 1 and items[0][2] is None:
+            while (
+                self._count > self.max_readings
+                and len(items) > 1
+                and items[0][2] is None
+                and len(items[0][0])  # a marker (a command, a partition move) is never shed
+            ):
                 old, _, _ = items.popleft()
                 self._count -= len(old)
                 shed += len(old)
