@@ -104,6 +104,7 @@ def test_daemons_share_the_partitions_and_a_stop_hands_them_over(
     try:
         assert a.wait_ready(20), a.ready()
         assert wait_until(lambda: len(_link(a).owned) == P)
+        joined = time.monotonic()
         b.start()
         assert b.wait_ready(20), b.ready()
         # The join: a hands back its surplus, b claims it; one owner per partition.
@@ -111,6 +112,7 @@ def test_daemons_share_the_partitions_and_a_stop_hands_them_over(
             _link(a).owned,
             _link(b).owned,
         )
+        print(f"join: shared {P // 2}/{P // 2} {time.monotonic() - joined:.1f}s after the start")
         assert not set(_link(a).owned) & set(_link(b).owned)
         owners = _owners(client)
         assert sorted(p for p, o in owners.items() if o == "a") == _link(a).owned
@@ -132,6 +134,7 @@ def test_daemons_share_the_partitions_and_a_stop_hands_them_over(
         stopped = time.monotonic()
         b.stop()
         assert wait_until(lambda: len(_link(a).owned) == P, 20)
+        print(f"clean stop: all {P} on the other {time.monotonic() - stopped:.1f}s later")
         assert time.monotonic() - stopped < TTL  # released, not expired
         assert set(_owners(client).values()) == {"a"}
     finally:
