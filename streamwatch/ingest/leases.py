@@ -57,6 +57,8 @@ HOLD_FRACTION = 0.5
 """The holder stops reading a partition this fraction of the TTL after its last renewal."""
 TICK_FRACTION = 1 / 6
 """Renewals, heartbeats and claims happen every this fraction of the TTL."""
+STALE_TTLS = 10
+"""A heartbeat this many TTLs older than the bucket's newest entry is deleted at start."""
 HISTORY = 64
 """Revisions kept per key (the most a KV bucket keeps)."""
 
@@ -140,13 +142,34 @@ class Leases:
     async def start(self) -> None:
         """Watch the bucket and start renewing and claiming."""
         self._watcher = await self.kv.watch(">")
-        while (entry := await self._watcher.updates(timeout=30)) is not None:  # the snapshot
+        snapshot = []
+        while (entry := await self._watcher.updates(timeout=30)) is not None:
             self._saw(entry)
+            snapshot.append(entry)
+        await self._sweep_heartbeats(snapshot)
         self._tasks = [
             asyncio.create_task(self._watch(), name="lease-watch"),
             asyncio.create_task(self._renew_loop(), name="lease-renew"),
             asyncio.create_task(self._manage_loop(), name="lease-manage"),
         ]
+
+    async def _sweep_heartbeats(self, snapshot: list[Any]) -> None:
+        """Delete the heartbeats of daemons long gone (killed: nobody deleted them), judged
+        by the server's timestamps alone: older than the newest entry by ``STALE_TTLS``
+        TTLs. CAS, so a daemon that just wrote again keeps its key."""
+        stamps = [e.created for e in snapshot if e.created is not None]
+        if not stamps:
+            return
+        newest = max(stamps)
+        stale = [
+            e
+            for e in snapshot
+            if e.key.startswith("d.") and e.operation is None and e.created is not None
+            if (newest - e.created).total_seconds() > STALE_TTLS * self.ttl
+        ]
+        for e in stale:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(e.key, last=e.revision)
 
     async def stop_claiming(self) -> None:
         """Stop renewing, claiming and watching (the leases held stay in the bucket until

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -33,6 +34,8 @@ from streamwatch.pipeline.alerts import RAISED, AlertEvent
 
 log = logging.getLogger(__name__)
 
+CREATE_ATTEMPTS = 5
+"""Tries at creating a partition's consumer again after deleting the old one."""
 _KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/")
 
 
@@ -80,9 +83,21 @@ async def take_consumer(js: Any, cfg: NATSConfig, partition: int) -> Taken:
                 context = floor
             except (nats.js.errors.NotFoundError, nats.errors.Error) as exc:
                 log.info("no window context for partition %d: %r", partition, exc)
-    sub = await js.pull_subscribe(
-        f"{cfg.subject_prefix}.{partition}.>", durable=name, stream=cfg.stream, config=config
-    )
+    # The old consumer is gone: retry rather than give up, since the floor is only known here
+    # now (a later claim would find no consumer and read the partition from its start).
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            sub = await js.pull_subscribe(
+                f"{cfg.subject_prefix}.{partition}.>",
+                durable=name,
+                stream=cfg.stream,
+                config=config,
+            )
+            break
+        except (nats.js.errors.Error, nats.errors.Error):
+            if attempt + 1 == CREATE_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
     log.info(
         "partition %d: reading from after stream sequence %d (context from %s)",
         partition,
