@@ -15,10 +15,11 @@ own monotonic clock, counted from when it first saw that revision; a daemon coun
 while its heartbeat changes within ``lease_ttl_s``. No two clocks need to agree.
 
 **One owner at a time**: the holder stops reading a partition once ``lease_ttl_s / 2`` has
-passed since it *sent* its last successful renewal (checked every ``lease_ttl_s / 6``, so
-at the latest about ``2/3`` of the TTL after it); whoever takes the lease over first saw that
-renewal after the server stored it, and waits ``lease_ttl_s`` from then. The CAS makes every
-claim of one revision succeed for one daemon only.
+passed since it *sent* its last successful renewal (a guard checks every ``lease_ttl_s / 12``,
+apart from the renewals in flight, so at the latest about 0.6 of the TTL after it); whoever
+takes the lease over first saw that renewal after the server stored it, and waits
+``lease_ttl_s`` from then. The CAS makes every claim of one revision succeed for one daemon
+only.
 
 The leases live on a NATS connection and an asyncio loop (thread ``nats-leases``) of their own
 (:mod:`streamwatch.ingest.lease_thread`): a data path busy decoding a backlog cannot hold
@@ -150,6 +151,7 @@ class Leases:
         self._tasks = [
             asyncio.create_task(self._watch(), name="lease-watch"),
             asyncio.create_task(self._renew_loop(), name="lease-renew"),
+            asyncio.create_task(self._guard_loop(), name="lease-guard"),
             asyncio.create_task(self._manage_loop(), name="lease-manage"),
         ]
 
@@ -249,23 +251,29 @@ class Leases:
             for (_, h), res in zip(held, results, strict=True):
                 if isinstance(res, int):  # even if handed back meanwhile: it deletes this one
                     h.revision, h.renewed = res, sent
-        now = time.monotonic()
         for (p, h), res in zip(held, results, strict=True):
             if self.held.get(p) is not h or isinstance(res, int):
-                continue  # renewed, or handed back meanwhile
+                continue  # renewed, or given up meanwhile
             if isinstance(res, nats.js.errors.KeyWrongLastSequenceError):
                 log.warning("lease of partition %d was taken by another daemon", p)
                 await self._drop(p)
-            elif now - h.renewed > self.ttl * HOLD_FRACTION:
-                log.warning(
-                    "lease of partition %d not renewed for %.1fs (%r): stopping it",
-                    p,
-                    now - h.renewed,
-                    res,
-                )
-                await self._drop(p)
             else:
                 _limited.log(logging.WARNING, "lease_renew", "lease renewal failed: %r", res)
+
+    async def _guard_loop(self) -> None:
+        """Stop every partition whose last successful renewal was sent more than
+        ``HOLD_FRACTION`` of the TTL ago, whatever the renewals in flight are doing."""
+        while True:
+            now = time.monotonic()
+            for p, h in list(self.held.items()):
+                if now - h.renewed > self.ttl * HOLD_FRACTION and self.held.get(p) is h:
+                    log.warning(
+                        "lease of partition %d not renewed for %.1fs: stopping it",
+                        p,
+                        now - h.renewed,
+                    )
+                    await self._drop(p)
+            await asyncio.sleep(self.tick / 2)
 
     async def _drop(self, partition: int) -> None:
         self.held.pop(partition, None)
