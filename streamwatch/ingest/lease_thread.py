@@ -41,6 +41,8 @@ class LeaseThread:
         self._thread = threading.Thread(target=self._run, name="nats-leases", daemon=True)
         self._nc: Client | None = None
         self.leases: Leases | None = None
+        self.replicas = 1
+        """Replicas of the lease bucket if it has to be created (the stream's)."""
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -69,7 +71,9 @@ class LeaseThread:
                 error_cb=_nats_error,
             )
         if self.leases is None:
-            kv = await open_bucket(self._nc.jetstream(), self.cfg.lease_bucket)
+            kv = await open_bucket(
+                self._nc.jetstream(), self.cfg.lease_bucket, replicas=self.replicas
+            )
             gain, release, lose = (_on(link_loop, hook) for hook in self._hooks)
             leases = Leases(
                 kv,

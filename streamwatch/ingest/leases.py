@@ -1,7 +1,9 @@
 """Partition leases in a JetStream KV bucket: which daemon reads which partition
 (``nats.ownership = "lease"``, docs/scale-out.md).
 
-The bucket ``<consumer>_leases`` (history 64, so hand-overs can be audited) holds:
+The bucket ``<consumer>_leases`` (history 64, so hand-overs can be audited; created with as
+many replicas as the readings' stream has, so a cluster keeps it as it keeps the stream)
+holds:
 
 - ``p.<n>``: partition n's lease, ``{"owner": <daemon id>, "at": <wall clock>}``, created with
   ``create`` (only if absent or deleted) and renewed by its owner with compare-and-set on the
@@ -77,13 +79,16 @@ def lease_key(partition: int) -> str:
     return f"p.{partition}"
 
 
-async def open_bucket(js: Any, name: str, history: int = HISTORY) -> KeyValue:
-    """The KV bucket ``name``, created (file storage) if missing."""
+async def open_bucket(js: Any, name: str, history: int = HISTORY, replicas: int = 1) -> KeyValue:
+    """The KV bucket ``name``, created (file storage, ``replicas`` copies) if missing; an
+    existing bucket keeps its settings."""
     try:
         kv: KeyValue = await js.key_value(name)
         return kv
     except nats.js.errors.BucketNotFoundError:
-        created: KeyValue = await js.create_key_value(KeyValueConfig(bucket=name, history=history))
+        created: KeyValue = await js.create_key_value(
+            KeyValueConfig(bucket=name, history=history, replicas=replicas)
+        )
         return created
 
 

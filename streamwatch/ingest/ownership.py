@@ -149,12 +149,17 @@ class PartitionMoves:
     async def _start_leases(self, js: Any) -> None:
         """Open the alert bucket and take part in the leases (on a connection of their own);
         ready after the first round of claims."""
+        # The buckets live as long as the stream: as many replicas (R3 on a cluster).
+        replicas = (await js.stream_info(self.cfg.stream)).config.num_replicas or 1
         if self._alerts_kv is None:
-            self._alerts_kv = await open_bucket(js, self.cfg.alert_bucket, history=1)
+            self._alerts_kv = await open_bucket(
+                js, self.cfg.alert_bucket, history=1, replicas=replicas
+            )
         if self._leases is None:
             self._leases = LeaseThread(
                 self.cfg, self.daemon_id, self._gain, self._release, self._lose
             )
+        self._leases.replicas = replicas
         await self._leases.start()
         self.last_error = None
         self.subscribed.set()
