@@ -353,12 +353,17 @@ class JetStreamLink(AcceptGate, PartitionMoves):
         task.add_done_callback(self._acks.discard)
 
     def _publish_soon(self, mid: int, subject: str, payload: bytes) -> None:
-        task = asyncio.create_task(self._publish(mid, subject, payload))
+        # After the alert state written before it: a raise seen on NATS is in the bucket.
+        task = asyncio.create_task(self._publish(mid, subject, payload, set(self._kv_writes)))
         self._acks.add(task)  # awaited at stop, with the acks
         task.add_done_callback(self._acks.discard)
 
-    async def _publish(self, mid: int, subject: str, payload: bytes) -> None:
+    async def _publish(
+        self, mid: int, subject: str, payload: bytes, after: set[asyncio.Task[Any]]
+    ) -> None:
         try:
+            if after:
+                await asyncio.wait(after)
             while self._nc is None or not self._nc.is_connected:
                 if self._closing:
                     return

@@ -10,7 +10,8 @@
   no verdict, no alert).
 - **Alert state in KV**: the bucket ``<consumer>_alerts`` holds each sensor's open alert under
   ``<partition>.<sensor>`` (``{"alert_id", "kind", "fault", "raised_at"}``), written before
-  the message that raised it is acknowledged and deleted when it clears. The new owner reads
+  the alert is published and the message that raised it acknowledged, and deleted when it
+  clears. The new owner reads
   the partition's open alerts before its first reading, so they clear instead of being raised
   again.
 """
