@@ -105,6 +105,8 @@ class JetStreamLink(AcceptGate, PartitionMoves):
         """Partition -> the epoch of this daemon's ownership (read by the worker through
         :meth:`still_owned`; a partition given up has none)."""
         self._epoch_n = itertools.count(1)
+        self._gaining: dict[int, object] = {}
+        self._setting_up: dict[int, asyncio.Lock] = {}
         self._context_until: dict[int, int] = {}
         self._sensors: dict[int, set[str]] = {}
         """Partition -> the sensors seen on it (loop thread)."""

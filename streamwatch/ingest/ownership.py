@@ -75,6 +75,9 @@ class PartitionMoves:
     _epochs: dict[int, int]
     """Partition -> the epoch of this daemon's ownership (a partition given up has none)."""
     _epoch_n: itertools.count[int]
+    _gaining: dict[int, object]
+    """Partition -> the ticket of its set-up under way (a drop meanwhile removes it)."""
+    _setting_up: dict[int, asyncio.Lock]
     _context_until: dict[int, int]
     _unacked: dict[int, dict[int, Token]]
     _sensors: dict[int, set[str]]
@@ -166,10 +169,23 @@ class PartitionMoves:
         log.info("daemon %s reads partitions %s by lease", self.daemon_id, self.owned)
 
     async def _gain(self, partition: int) -> None:
-        """Start reading a partition whose lease this daemon just took."""
-        taken = await take_consumer(self._js, self.cfg, partition)
+        """Start reading a partition whose lease this daemon just took (unless the lease was
+        dropped or handed back while the consumer was being set up)."""
+        ticket = object()
+        self._gaining[partition] = ticket
+        # One set-up of a partition at a time: an older one, given up, must not delete the
+        # consumer a newer one just made.
+        async with self._setting_up.setdefault(partition, asyncio.Lock()):
+            if self._gaining.get(partition) is not ticket:
+                return
+            taken = await take_consumer(self._js, self.cfg, partition)
         assert self._alerts_kv is not None
         alerts = await open_alerts(self._alerts_kv, partition)
+        if self._gaining.get(partition) is not ticket:
+            log.warning("partition %d was given up while it was being set up", partition)
+            await quietly(taken.sub.unsubscribe())
+            return
+        del self._gaining[partition]
         epoch = next(self._epoch_n)
         self._context_until[partition] = taken.context_until
         self._epochs[partition] = epoch
@@ -179,6 +195,7 @@ class PartitionMoves:
     async def _release(self, partition: int) -> None:
         """Hand a partition over: stop pulling, let the worker finish (and acknowledge) what
         it holds for a while, then hand the rest back."""
+        self._gaining.pop(partition, None)
         await self._stop_pull(partition)
         deadline = time.monotonic() + self.cfg.lease_ttl_s * RELEASE_WAIT_FRACTION
         while self._unacked.get(partition) and time.monotonic() < deadline:
@@ -187,6 +204,7 @@ class PartitionMoves:
 
     async def _lose(self, partition: int) -> None:
         """Stop a partition at once: its lease could not be renewed in time."""
+        self._gaining.pop(partition, None)  # a set-up under way does not start reading
         await self._stop_pull(partition)
         await self._drop(partition)
 
