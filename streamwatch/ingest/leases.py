@@ -240,10 +240,14 @@ class Leases:
             await asyncio.sleep(self.tick)
 
     async def _renew(self) -> None:
+        """Renew every lease held, and the heartbeat (here, not in the claiming round, which
+        can take long while partitions are set up)."""
         held = list(self.held.items())
         sent = time.monotonic()
+        heartbeat = json.dumps({"at": time.time()}).encode()
         async with self._renewing:
-            results = await asyncio.gather(
+            beat, *results = await asyncio.gather(
+                asyncio.wait_for(self.kv.put(f"d.{self.id}", heartbeat), self.ttl * HOLD_FRACTION),
                 *(
                     asyncio.wait_for(
                         self.kv.update(lease_key(p), self._value(), last=h.revision),
@@ -256,6 +260,8 @@ class Leases:
             for (_, h), res in zip(held, results, strict=True):
                 if isinstance(res, int):  # even if handed back meanwhile: it deletes this one
                     h.revision, h.renewed = res, sent
+        if isinstance(beat, BaseException):
+            _limited.log(logging.WARNING, "heartbeat", "heartbeat failed: %r", beat)
         for (p, h), res in zip(held, results, strict=True):
             if self.held.get(p) is not h or isinstance(res, int):
                 continue  # renewed, or given up meanwhile
@@ -301,18 +307,16 @@ class Leases:
             await asyncio.sleep(self.tick)
 
     async def _manage(self) -> None:
-        await asyncio.wait_for(
-            self.kv.put(f"d.{self.id}", json.dumps({"at": time.time()}).encode()),
-            self.ttl * HOLD_FRACTION,
-        )
         share = self.share()
         surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
-        for p in surplus:
-            await self._hand_back(p)
+        results = await asyncio.gather(
+            *(self._hand_back(p) for p in surplus), return_exceptions=True
+        )
         wanted = self._claimable()[: max(0, share - len(self.held))]
-        for res in await asyncio.gather(*(self._claim(p) for p in wanted), return_exceptions=True):
+        results += await asyncio.gather(*(self._claim(p) for p in wanted), return_exceptions=True)
+        for res in results:
             if isinstance(res, Exception):
-                _limited.log(logging.WARNING, "lease_claim", "claiming failed: %r", res)
+                _limited.log(logging.WARNING, "lease_move", "a hand-back or claim failed: %r", res)
 
     async def _hand_back(self, partition: int) -> None:
         """Stop reading ``partition`` (the link hands back what it holds), then delete its
