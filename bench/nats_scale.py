@@ -1,0 +1,528 @@
+"""Scale-out on NATS JetStream (issue 16): readings/s with one and with two daemons, CPU per
+reading, and reading-to-alert latency on the NATS path against the direct MQTT path.
+
+Usage::
+
+    python bench/nats_scale.py [--quick] [--rounds N] [--report OUT.json]
+        [--write docs/scale-out.md]
+
+One run on this machine, everything side by side (``bench_live``'s publisher, feeds, bundles,
+``/metrics`` accounting and Mosquitto are reused, not copied):
+
+1. **The NATS side.** One nats-server (JetStream on a temporary store, the partition mapping
+   with P = 32, its MQTT listener) on free loopback ports; the stream is created first.
+2. **Drain trials.** ``bench_live``'s QoS 1 publisher (MQTT 3.1.1, at most 20,000
+   unacknowledged) sends a backlog of single-reading messages to the MQTT listener, which maps
+   each into its partition of the stream: the ingest rate of that path is the readings over the
+   time to the last PUBACK (and to the stream holding them all). Then ``streamwatch run``
+   daemons (``ingest.transport = "jetstream"``, the Gaussian detector from a bundle made here,
+   so nothing warms up) start on it: one owning partitions 0-31, or two owning 0-15 and 16-31.
+   Their rate is the slope of the readings they account for (``readings + rejected + shed`` in
+   ``/metrics``, summed) once every daemon is ready, until the backlog is done; every reading
+   must be accounted for. CPU seconds per reading: ``utime + stime`` from ``/proc/<pid>/stat``
+   of the daemon processes (and of nats-server) over the same interval. The one- and
+   two-daemon trials alternate (1, 2, then 2, 1 in the next round) against the machine's
+   drifting load.
+3. **Latency.** A paced feed with spikes (half of the slower path's measured rate at most),
+   each reading stamped with its send time; a separate subscriber takes receipt time minus
+   the alert's ``ts``. NATS path: MQTT listener -> stream -> one JetStream daemon -> the alert
+   on the core subject ``streamwatch.alerts.<sensor>`` -> a NATS subscriber. MQTT path:
+   ``bench_live``'s Mosquitto -> an MQTT daemon -> ``streamwatch/alerts/<sensor>`` -> an MQTT
+   subscriber (``bench_live.latency_trial``).
+
+A benchmark, not a test: nothing here asserts a timing. Figures go in docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_live as bl
+
+from streamwatch.embedded_broker import free_port, wait_port
+
+P = 32
+STREAM = "SENSORS"
+BEGIN, END = "<!-- nats_scale -->", "<!-- /nats_scale -->"
+NATS_SERVER = shutil.which("nats-server") or (
+    "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+)
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+# -- nats-server and the JetStream daemon ------------------------------------------------
+
+
+class NatsServer:
+    """nats-server with JetStream, the MQTT listener, monitoring and the P-partition mapping."""
+
+    def __init__(self, workdir: Path) -> None:
+        assert NATS_SERVER is not None
+        self.port, self.mqtt_port, self.http_port = free_port(), free_port(), free_port()
+        conf = workdir / "nats.conf"
+        conf.write_text(
+            f"server_name: bench\nlisten: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
+            f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            "mappings = {\n"
+            f'  "sensors.*": "streamwatch.in.{{{{partition({P},1)}}}}.{{{{wildcard(1)}}}}"\n'
+            "}\n"
+        )
+        self.log = workdir / "nats.log"
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-c", str(conf)], stdout=self.log.open("w"), stderr=subprocess.STDOUT
+        )
+        wait_port(self.port)
+        wait_port(self.mqtt_port)
+        version = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True)
+        self.version = version.stdout.strip()
+
+    @property
+    def url(self) -> str:
+        """The client URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stream_messages(self) -> int:
+        """Messages in the readings stream, from the monitoring port's /jsz."""
+        url = f"http://127.0.0.1:{self.http_port}/jsz?streams=true"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            doc = json.load(r)
+        for acc in doc.get("account_details") or []:
+            for s in acc.get("stream_detail") or []:
+                if s["name"] == STREAM:
+                    return int(s["state"]["messages"])
+        return 0
+
+    def stop(self) -> None:
+        """Terminate it."""
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def create_stream(url: str) -> None:
+    """The readings stream (one replica), as a daemon would create it."""
+    import nats
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        await nc.jetstream().add_stream(name=STREAM, subjects=["streamwatch.in.>"])
+        await nc.close()
+
+    asyncio.run(go())
+
+
+class JetStreamDaemon(bl.Daemon):
+    """``streamwatch run`` on the JetStream transport owning ``partitions``; unlike
+    ``bench_live.Daemon`` it does not wait to be ready (call :meth:`wait_ready`), so that two
+    start together."""
+
+    def __init__(self, workdir: Path, url: str, model_dir: Path, partitions: str, tag: str):
+        self.metrics_port = free_port()
+        conf = workdir / f"streamwatch-js{tag}.toml"
+        conf.write_text(
+            f'log_level = "WARNING"\nmodel_dir = "{model_dir}"\n'
+            '[ingest]\ntransport = "jetstream"\n'
+            f'[nats]\nurl = "{url}"\npartition_count = {P}\npartitions = "{partitions}"\n'
+            f"[windows]\nlength = {bl.WINDOW}\nstride = 1\n"
+            '[detector]\ntype = "gaussian"\n'
+            f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n'
+        )
+        self.log = workdir / f"streamwatch-js{tag}.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [bl.PY, "-m", "streamwatch", "run", "--config", str(conf)],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.startup_s = 0.0
+        self.base = 0.0
+
+    def wait_ready(self) -> float:
+        """Block until ready (worker heartbeat moving); returns the wall-clock time."""
+        self._ready()
+        self.startup_s = time.monotonic() - self.started
+        return time.time()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK
+
+
+# -- the trials ---------------------------------------------------------------------------
+
+
+def drain_trial(
+    nats_server: NatsServer,
+    work: Path,
+    bundle: Path,
+    feed: bl.Feed,
+    ranges: list[str],
+    tag: str,
+    grace: float,
+) -> dict[str, Any]:
+    """Publish ``feed`` through the MQTT listener into the stream, then let daemons owning
+    ``ranges`` drain it; their rate once all are ready, CPU per reading, loss."""
+    readings = feed.messages * feed.batch
+    before = nats_server.stream_messages()
+    pub = bl.Publisher(nats_server.mqtt_port, feed)
+    pub.go()
+    p = pub.result()
+    deadline = time.time() + 60
+    while nats_server.stream_messages() < before + feed.messages and time.time() < deadline:
+        time.sleep(0.05)
+    stored_at = time.time()
+    stored = nats_server.stream_messages() - before
+    ingest = {
+        "readings_per_s_to_puback": readings / max(p["t_acked"] - p["t0"], 1e-9),
+        "readings_per_s_to_stored": readings / max(stored_at - p["t0"], 1e-9),
+        "stored": stored,
+    }
+
+    daemons = [
+        JetStreamDaemon(work, nats_server.url, bundle, r, f"{tag}-{i}")
+        for i, r in enumerate(ranges)
+    ]
+    try:
+        ready = max(d.wait_ready() for d in daemons)
+        pids = [d.proc.pid for d in daemons]
+        samples: list[tuple[float, float, float, float]] = []
+        progress = time.time()
+        while True:
+            now = time.time()
+            done = sum(bl.scrape(d.metrics_port)["accounted"] for d in daemons)
+            cpu = sum(cpu_seconds(pid) for pid in pids)
+            samples.append((now, done, cpu, cpu_seconds(nats_server.proc.pid)))
+            if len(samples) > 1 and done > samples[-2][1]:
+                progress = now
+            if done >= readings or now - progress > grace:
+                break
+            if any(d.proc.poll() is not None for d in daemons):
+                raise RuntimeError("a daemon died")
+            time.sleep(0.5)
+        ends = [bl.scrape(d.metrics_port) for d in daemons]
+        shed, rejected = sum(e["shed"] for e in ends), sum(e["rejected"] for e in ends)
+        inner = [s for s in samples if s[0] >= ready and 0 < s[1] < readings]
+        if len(inner) < 2:  # drained too fast to see inside: from readiness to done
+            inner = [s for s in samples if s[0] >= ready][:1] + samples[-1:]
+        (t0, a0, c0, n0), (t1, a1, c1, n1) = inner[0], inner[-1]
+        span = max(t1 - t0, 1e-9)
+        measured = max(a1 - a0, 1e-9)
+        return {
+            "daemons": len(daemons),
+            "partitions": ranges,
+            "sent": readings,
+            "accounted": samples[-1][1],
+            "lost": readings - samples[-1][1],
+            "shed": shed,
+            "rejected": rejected,
+            "zero_loss": samples[-1][1] == readings and shed == 0 and rejected == 0,
+            "readings_per_s": (a1 - a0) / span,
+            "measured_readings": a1 - a0,
+            "measured_s": span,
+            "accounted_before_all_ready": next((s[1] for s in samples if s[0] >= ready), 0.0),
+            "daemon_cpu_s_per_reading": (c1 - c0) / measured,
+            "daemon_cpu_cores": (c1 - c0) / span,
+            "nats_cpu_s_per_reading": (n1 - n0) / measured,
+            "startup_s": [d.startup_s for d in daemons],
+            "log_errors": [d.log.read_text().count("ERROR") for d in daemons],
+            "ingest": ingest,
+        }
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def nats_alerts_main(args: argparse.Namespace) -> int:
+    """Child: records receipt time minus reading ts of every raised alert on the core NATS
+    subjects ``streamwatch.alerts.>`` until stdin closes."""
+    import nats
+
+    lat: list[float] = []
+    cleared = [0]
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start() -> Any:
+        nc = await nats.connect(args.url)
+
+        async def on_msg(msg: Any) -> None:
+            now = time.time()
+            doc = json.loads(msg.data)
+            if doc.get("state") == "raised":
+                lat.append(now - float(doc["ts"]))
+            else:
+                cleared[0] += 1
+
+        await nc.subscribe("streamwatch.alerts.>", cb=on_msg)
+        await nc.flush()
+        return nc
+
+    nc = asyncio.run_coroutine_threadsafe(start(), loop).result(20)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    asyncio.run_coroutine_threadsafe(nc.close(), loop).result(20)
+    print(json.dumps({"latencies": lat, "cleared": cleared[0]}), flush=True)
+    return 0
+
+
+def nats_latency_trial(
+    d: JetStreamDaemon, nats_server: NatsServer, feed: bl.Feed, rate: float, grace: float
+) -> dict[str, Any]:
+    """``bench_live.latency_trial`` on the NATS path: the feed to the MQTT listener, alerts
+    timed by a NATS subscriber."""
+    alerts = subprocess.Popen(
+        [bl.PY, str(Path(__file__).resolve()), "_nats_alerts", "--url", nats_server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    bl._expect_line(alerts, "ready")
+    hist0 = bl.latency_buckets(d.metrics_port)
+    res = bl.daemon_trial(
+        d, nats_server.mqtt_port, feed, rate, grace, poll=bl.POLL_LATENCY, stamp_now=True
+    )
+    hist1 = bl.latency_buckets(d.metrics_port)
+    res["daemon_p50_ms"] = bl.bucket_quantile(hist0, hist1, 0.5) * 1000
+    res["daemon_p99_ms"] = bl.bucket_quantile(hist0, hist1, 0.99) * 1000
+    time.sleep(0.5)
+    assert alerts.stdin is not None
+    alerts.stdin.write("stop\n")
+    alerts.stdin.flush()
+    got = json.loads(bl._expect_line(alerts, "{", timeout=30))
+    alerts.wait(10)
+    res |= bl.rate_summary(got["latencies"])
+    res["offered_readings_per_s"] = rate * feed.batch
+    res["alerts_cleared"] = got["cleared"]
+    return res
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run(quick: bool, rounds_n: int) -> dict[str, Any]:
+    """Everything, in order; returns the report."""
+    started = time.time()
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - started:6.1f}s load {os.getloadavg()[0]:.2f}] {msg}"
+        lines.append(line)
+        print(line, flush=True)
+
+    sensors = 100 if quick else 500
+    messages = 12_000 if quick else 60_000
+    latency_rate, latency_s = (400.0, 4.0) if quick else (1000.0, 10.0)
+    grace = 6.0
+    work = Path(tempfile.mkdtemp(prefix="sw-nats-bench-"))
+    report: dict[str, Any] = {
+        "machine": bl.machine_info(),
+        "quick": quick,
+        "plan": {"sensors": sensors, "messages": messages, "partitions": P, "rounds": rounds_n},
+        "load_before": list(os.getloadavg()),
+    }
+    nats_server: NatsServer | None = None
+    broker: bl.Broker | None = None
+    try:
+        bundle = bl.make_bundles(work, {"gaussian": sensors}, quick, log)["gaussian"]
+        nats_server = NatsServer(work)
+        report["machine"]["versions"]["nats-server"] = nats_server.version
+        create_stream(nats_server.url)
+        rounds = bl.Rounds()
+        trials: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
+        plans = {"one": [f"0-{P - 1}"], "two": [f"0-{P // 2 - 1}", f"{P // 2}-{P - 1}"]}
+        for r in range(rounds_n):
+            order = ("one", "two") if r % 2 == 0 else ("two", "one")
+            for kind in order:
+                t = drain_trial(
+                    nats_server,
+                    work,
+                    bundle,
+                    rounds.feed(sensors, messages),
+                    plans[kind],
+                    f"{kind}{r}",
+                    grace,
+                )
+                trials[kind].append(t)
+                log(
+                    f"round {r} {kind} daemon(s): {t['readings_per_s']:,.0f} readings/s, "
+                    f"daemon CPU {t['daemon_cpu_s_per_reading'] * 1e6:.0f} µs/reading "
+                    f"({t['daemon_cpu_cores']:.2f} cores), nats-server "
+                    f"{t['nats_cpu_s_per_reading'] * 1e6:.0f} µs/reading, lost {t['lost']:.0f}; "
+                    f"MQTT listener in: {t['ingest']['readings_per_s_to_stored']:,.0f} readings/s"
+                )
+        report["drain"] = trials
+
+        # Latency, NATS path then MQTT path, at the same offered rate.
+        lat: dict[str, Any] = {}
+        msgs = int(latency_rate * latency_s)
+        spike = max(100, int(latency_rate / 100))
+        d = JetStreamDaemon(work, nats_server.url, bundle, f"0-{P - 1}", "-latency")
+        d.wait_ready()
+        try:
+            bl.daemon_trial(d, nats_server.mqtt_port, rounds.feed(sensors, sensors * 25), 0, grace)
+            lat["nats"] = nats_latency_trial(
+                d, nats_server, rounds.feed(sensors, msgs, 1, spike), latency_rate, grace
+            )
+        finally:
+            d.stop()
+        nats_server.stop()
+        nats_server = None
+        broker = bl.Broker(work)
+        m = bl.Daemon(work, broker.port, "gaussian", bundle, (1, 1), "-mqtt-latency")
+        try:
+            bl.daemon_trial(m, broker.port, rounds.feed(sensors, sensors * 25), 0, grace)
+            lat["mqtt"] = bl.latency_trial(
+                m, broker.port, rounds.feed(sensors, msgs, 1, spike), latency_rate, grace
+            )
+        finally:
+            m.stop()
+        for path, t in lat.items():
+            log(
+                f"latency {path} at {latency_rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
+                f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts, lost {t['lost']:.0f}; daemon "
+                f"arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, p99 "
+                f"{t['daemon_p99_ms']:.1f} ms"
+            )
+        report["latency"] = lat
+    finally:
+        if nats_server is not None:
+            nats_server.stop()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    report["load_after"] = list(os.getloadavg())
+    report["wall_s"] = time.time() - started
+    report["log"] = lines
+    return report
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def markdown(r: dict[str, Any], command: str) -> str:
+    """The section written into docs/scale-out.md between the markers."""
+    m = r["machine"]
+    out = [
+        BEGIN,
+        "",
+        f"Measured with `{command}` (commit {m['commit']}"
+        + (", uncommitted changes" if m["dirty"] else "")
+        + f"; {m['cpu']}, {m['cores']} cores, {m['versions']['nats-server']}, "
+        f"load average {r['load_before'][0]:.1f} before and {r['load_after'][0]:.1f} after, "
+        f"{r['wall_s']:.0f} s). {r['plan']['sensors']} sensors, single-reading JSON messages, "
+        f"P = {P}, Gaussian detector from a bundle; each cell is the median over the rounds "
+        "(all rounds in brackets).",
+        "",
+        "| | one daemon (0-31) | two daemons (0-15, 16-31) |",
+        "|---|---|---|",
+    ]
+
+    def row(name: str, key: Callable[[dict[str, Any]], float], fmt: str) -> str:
+        cells = []
+        for kind in ("one", "two"):
+            xs = [key(t) for t in r["drain"][kind]]
+            runs = ", ".join(fmt.format(x) for x in xs)
+            cells.append(f"{fmt.format(_median(xs))} ({runs})")
+        return f"| {name} | {cells[0]} | {cells[1]} |"
+
+    out += [
+        row("readings/s drained from the stream", lambda t: t["readings_per_s"], "{:,.0f}"),
+        row(
+            "daemon CPU µs per reading (all daemons)",
+            lambda t: t["daemon_cpu_s_per_reading"] * 1e6,
+            "{:.0f}",
+        ),
+        row("daemon CPU, cores busy", lambda t: t["daemon_cpu_cores"], "{:.2f}"),
+        row(
+            "nats-server CPU µs per reading (serving the pulls)",
+            lambda t: t["nats_cpu_s_per_reading"] * 1e6,
+            "{:.0f}",
+        ),
+        row(
+            "MQTT listener into the stream, readings/s (before the daemons start)",
+            lambda t: t["ingest"]["readings_per_s_to_stored"],
+            "{:,.0f}",
+        ),
+        row("readings lost", lambda t: t["lost"], "{:.0f}"),
+        "",
+        "Reading-to-alert latency (receipt of the alert minus the send time of the reading "
+        "that raised it), one daemon, same feed and offered rate:",
+        "",
+        "| path | offered readings/s | alerts | p50 ms | p99 ms | daemon arrival-to-verdict "
+        "p50 / p99 ms | lost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "nats": "MQTT listener -> JetStream -> daemon -> core NATS alert",
+        "mqtt": "Mosquitto -> daemon -> MQTT alert",
+    }
+    for path, t in r["latency"].items():
+        out.append(
+            f"| {names[path]} | {t['offered_readings_per_s']:,.0f} | {t['n']} | "
+            f"{t['p50_ms']:.1f} | {t['p99_ms']:.1f} | {t['daemon_p50_ms']:.1f} / "
+            f"{t['daemon_p99_ms']:.1f} | {t['lost']:.0f} |"
+        )
+    out += ["", END]
+    return "\n".join(out)
+
+
+def main() -> int:
+    """Parse arguments; run a child role or the whole benchmark."""
+    if len(sys.argv) > 1 and sys.argv[1] == "_nats_alerts":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--url", required=True)
+        return nats_alerts_main(ap.parse_args(sys.argv[2:]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a run of about a minute")
+    ap.add_argument("--rounds", type=int, default=0, help="drain rounds (default 1 quick, 2 full)")
+    ap.add_argument("--report", type=Path, help="write the full report as JSON here")
+    ap.add_argument("--write", type=Path, help="replace the marked section of this Markdown file")
+    args = ap.parse_args()
+    if NATS_SERVER is None:
+        print("nats-server not found (apt-get install nats-server)", file=sys.stderr)
+        return 2
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        print("mosquitto not found (apt-get install mosquitto)", file=sys.stderr)
+        return 2
+    rounds_n = args.rounds or (1 if args.quick else 2)
+    report = run(args.quick, rounds_n)
+    command = " ".join(["python", "bench/nats_scale.py", *sys.argv[1:]])
+    report["command"] = command
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2, default=float))
+    text = markdown(report, command)
+    if args.write:
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        if BEGIN in old and END in old:
+            new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
+        else:
+            new = old.rstrip("\n") + "\n\n" + text + "\n"
+        args.write.write_text(new, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
