@@ -21,12 +21,14 @@ One run on this machine, everything side by side (``bench_live``'s publisher, fe
    ``/metrics``, summed) once every daemon is ready, until the backlog is done; every reading
    must be accounted for. CPU seconds per reading: ``utime + stime`` from ``/proc/<pid>/stat``
    of the daemon processes (and of nats-server) over the same interval. The one- and
-   two-daemon trials alternate (1, 2, then 2, 1 in the next round) against the machine's
-   drifting load.
+   trials alternate (one, two, one with ``nats.fetch_batch = 1``; reversed in the next round)
+   against the machine's drifting load.
 3. **Latency.** A paced feed with spikes (half of the slower path's measured rate at most),
    each reading stamped with its send time; a separate subscriber takes receipt time minus
    the alert's ``ts``. NATS path: MQTT listener -> stream -> one JetStream daemon -> the alert
-   on the core subject ``streamwatch.alerts.<sensor>`` -> a NATS subscriber. MQTT path:
+   on the core subject ``streamwatch.alerts.<sensor>`` -> a NATS subscriber, with the default
+   ``nats.fetch_batch`` (100) and with 1 (a pull of 100 messages that gets its first one from a
+   lingering request waits for more, up to the pull's 1 s expiry, in nats-py). MQTT path:
    ``bench_live``'s Mosquitto -> an MQTT daemon -> ``streamwatch/alerts/<sensor>`` -> an MQTT
    subscriber (``bench_live.latency_trial``).
 
@@ -58,11 +60,19 @@ from streamwatch.embedded_broker import free_port, wait_port
 
 P = 32
 STREAM = "SENSORS"
+FETCH_BATCH = 100
+"""``nats.fetch_batch``'s default; trials marked "fetch 1" use 1."""
 BEGIN, END = "<!-- nats_scale -->", "<!-- /nats_scale -->"
 NATS_SERVER = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
 )
 _CLK = os.sysconf("SC_CLK_TCK")
+DRAINS: dict[str, tuple[list[str], int]] = {
+    "one": ([f"0-{P - 1}"], FETCH_BATCH),
+    "two": ([f"0-{P // 2 - 1}", f"{P // 2}-{P - 1}"], FETCH_BATCH),
+    "one_fetch1": ([f"0-{P - 1}"], 1),
+}
+"""Drain trials: the daemons' partition ranges and ``nats.fetch_batch``."""
 
 
 # -- nats-server and the JetStream daemon ------------------------------------------------
@@ -132,13 +142,22 @@ class JetStreamDaemon(bl.Daemon):
     ``bench_live.Daemon`` it does not wait to be ready (call :meth:`wait_ready`), so that two
     start together."""
 
-    def __init__(self, workdir: Path, url: str, model_dir: Path, partitions: str, tag: str):
+    def __init__(
+        self,
+        workdir: Path,
+        url: str,
+        model_dir: Path,
+        partitions: str,
+        tag: str,
+        fetch_batch: int = FETCH_BATCH,
+    ) -> None:
         self.metrics_port = free_port()
         conf = workdir / f"streamwatch-js{tag}.toml"
         conf.write_text(
             f'log_level = "WARNING"\nmodel_dir = "{model_dir}"\n'
             '[ingest]\ntransport = "jetstream"\n'
             f'[nats]\nurl = "{url}"\npartition_count = {P}\npartitions = "{partitions}"\n'
+            f"fetch_batch = {fetch_batch}\n"
             f"[windows]\nlength = {bl.WINDOW}\nstride = 1\n"
             '[detector]\ntype = "gaussian"\n'
             f'[metrics]\nhost = "127.0.0.1"\nport = {self.metrics_port}\n'
@@ -177,6 +196,7 @@ def drain_trial(
     ranges: list[str],
     tag: str,
     grace: float,
+    fetch_batch: int = FETCH_BATCH,
 ) -> dict[str, Any]:
     """Publish ``feed`` through the MQTT listener into the stream, then let daemons owning
     ``ranges`` drain it; their rate once all are ready, CPU per reading, loss."""
@@ -197,7 +217,7 @@ def drain_trial(
     }
 
     daemons = [
-        JetStreamDaemon(work, nats_server.url, bundle, r, f"{tag}-{i}")
+        JetStreamDaemon(work, nats_server.url, bundle, r, f"{tag}-{i}", fetch_batch)
         for i, r in enumerate(ranges)
     ]
     try:
@@ -227,6 +247,7 @@ def drain_trial(
         measured = max(a1 - a0, 1e-9)
         return {
             "daemons": len(daemons),
+            "fetch_batch": fetch_batch,
             "partitions": ranges,
             "sent": readings,
             "accounted": samples[-1][1],
@@ -346,23 +367,24 @@ def run(quick: bool, rounds_n: int) -> dict[str, Any]:
         report["machine"]["versions"]["nats-server"] = nats_server.version
         create_stream(nats_server.url)
         rounds = bl.Rounds()
-        trials: dict[str, list[dict[str, Any]]] = {"one": [], "two": []}
-        plans = {"one": [f"0-{P - 1}"], "two": [f"0-{P // 2 - 1}", f"{P // 2}-{P - 1}"]}
+        trials: dict[str, list[dict[str, Any]]] = {k: [] for k in DRAINS}
         for r in range(rounds_n):
-            order = ("one", "two") if r % 2 == 0 else ("two", "one")
+            order = list(DRAINS) if r % 2 == 0 else list(reversed(DRAINS))
             for kind in order:
+                ranges, fetch_batch = DRAINS[kind]
                 t = drain_trial(
                     nats_server,
                     work,
                     bundle,
                     rounds.feed(sensors, messages),
-                    plans[kind],
+                    ranges,
                     f"{kind}{r}",
                     grace,
+                    fetch_batch,
                 )
                 trials[kind].append(t)
                 log(
-                    f"round {r} {kind} daemon(s): {t['readings_per_s']:,.0f} readings/s, "
+                    f"round {r} {kind}: {t['readings_per_s']:,.0f} readings/s, "
                     f"daemon CPU {t['daemon_cpu_s_per_reading'] * 1e6:.0f} µs/reading "
                     f"({t['daemon_cpu_cores']:.2f} cores), nats-server "
                     f"{t['nats_cpu_s_per_reading'] * 1e6:.0f} µs/reading, lost {t['lost']:.0f}; "
@@ -374,24 +396,32 @@ def run(quick: bool, rounds_n: int) -> dict[str, Any]:
         lat: dict[str, Any] = {}
         msgs = int(latency_rate * latency_s)
         spike = max(100, int(latency_rate / 100))
-        d = JetStreamDaemon(work, nats_server.url, bundle, f"0-{P - 1}", "-latency")
-        d.wait_ready()
-        try:
-            bl.daemon_trial(d, nats_server.mqtt_port, rounds.feed(sensors, sensors * 25), 0, grace)
-            lat["nats"] = nats_latency_trial(
-                d, nats_server, rounds.feed(sensors, msgs, 1, spike), latency_rate, grace
+        for key, fetch_batch in (("nats", FETCH_BATCH), ("nats_fetch1", 1)):
+            d = JetStreamDaemon(
+                work, nats_server.url, bundle, f"0-{P - 1}", f"-latency-{key}", fetch_batch
             )
-        finally:
-            d.stop()
+            d.wait_ready()
+            try:
+                prime = rounds.feed(sensors, sensors * 25)
+                bl.daemon_trial(d, nats_server.mqtt_port, prime, 0, grace)
+                c0 = cpu_seconds(d.proc.pid)
+                lat[key] = nats_latency_trial(
+                    d, nats_server, rounds.feed(sensors, msgs, 1, spike), latency_rate, grace
+                )
+                lat[key]["daemon_cpu_s_per_reading"] = (cpu_seconds(d.proc.pid) - c0) / msgs
+            finally:
+                d.stop()
         nats_server.stop()
         nats_server = None
         broker = bl.Broker(work)
         m = bl.Daemon(work, broker.port, "gaussian", bundle, (1, 1), "-mqtt-latency")
         try:
             bl.daemon_trial(m, broker.port, rounds.feed(sensors, sensors * 25), 0, grace)
+            c0 = cpu_seconds(m.proc.pid)
             lat["mqtt"] = bl.latency_trial(
                 m, broker.port, rounds.feed(sensors, msgs, 1, spike), latency_rate, grace
             )
+            lat["mqtt"]["daemon_cpu_s_per_reading"] = (cpu_seconds(m.proc.pid) - c0) / msgs
         finally:
             m.stop()
         for path, t in lat.items():
@@ -399,7 +429,8 @@ def run(quick: bool, rounds_n: int) -> dict[str, Any]:
                 f"latency {path} at {latency_rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
                 f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts, lost {t['lost']:.0f}; daemon "
                 f"arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, p99 "
-                f"{t['daemon_p99_ms']:.1f} ms"
+                f"{t['daemon_p99_ms']:.1f} ms; daemon CPU "
+                f"{t['daemon_cpu_s_per_reading'] * 1e6:.0f} µs/reading"
             )
         report["latency"] = lat
     finally:
@@ -434,17 +465,17 @@ def markdown(r: dict[str, Any], command: str) -> str:
         f"P = {P}, Gaussian detector from a bundle; each cell is the median over the rounds "
         "(all rounds in brackets).",
         "",
-        "| | one daemon (0-31) | two daemons (0-15, 16-31) |",
-        "|---|---|---|",
+        "| | one daemon (0-31) | two daemons (0-15, 16-31) | one daemon, fetch_batch 1 |",
+        "|---|---|---|---|",
     ]
 
     def row(name: str, key: Callable[[dict[str, Any]], float], fmt: str) -> str:
         cells = []
-        for kind in ("one", "two"):
+        for kind in DRAINS:
             xs = [key(t) for t in r["drain"][kind]]
             runs = ", ".join(fmt.format(x) for x in xs)
             cells.append(f"{fmt.format(_median(xs))} ({runs})")
-        return f"| {name} | {cells[0]} | {cells[1]} |"
+        return f"| {name} | " + " | ".join(cells) + " |"
 
     out += [
         row("readings/s drained from the stream", lambda t: t["readings_per_s"], "{:,.0f}"),
@@ -470,18 +501,20 @@ def markdown(r: dict[str, Any], command: str) -> str:
         "that raised it), one daemon, same feed and offered rate:",
         "",
         "| path | offered readings/s | alerts | p50 ms | p99 ms | daemon arrival-to-verdict "
-        "p50 / p99 ms | lost |",
-        "|---|---|---|---|---|---|---|",
+        "p50 / p99 ms | daemon CPU µs per reading | lost |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "nats": "MQTT listener -> JetStream -> daemon -> core NATS alert",
+        "nats_fetch1": "the same, nats.fetch_batch = 1",
         "mqtt": "Mosquitto -> daemon -> MQTT alert",
     }
     for path, t in r["latency"].items():
         out.append(
             f"| {names[path]} | {t['offered_readings_per_s']:,.0f} | {t['n']} | "
             f"{t['p50_ms']:.1f} | {t['p99_ms']:.1f} | {t['daemon_p50_ms']:.1f} / "
-            f"{t['daemon_p99_ms']:.1f} | {t['lost']:.0f} |"
+            f"{t['daemon_p99_ms']:.1f} | {t['daemon_cpu_s_per_reading'] * 1e6:.0f} | "
+            f"{t['lost']:.0f} |"
         )
     out += ["", END]
     return "\n".join(out)
