@@ -84,6 +84,15 @@ def _scored(registry: CollectorRegistry) -> dict[str, float]:
     }
 
 
+def _rejected(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        s.labels["reason"]: s.value
+        for fam in registry.collect()
+        for s in fam.samples
+        if s.name == "streamwatch_rejected_total" and s.value
+    }
+
+
 def _reconnects(registry: CollectorRegistry) -> float:
     return registry.get_sample_value("streamwatch_mqtt_reconnects_total") or 0.0
 
@@ -133,7 +142,9 @@ def test_two_daemons_keep_scoring_when_a_nats_node_is_killed(
         for d in daemons:
             assert d.wait_ready(40), d.ready()
         # The victim: a node a daemon is connected to; the publisher uses another node.
-        assert wait_until(lambda: sum(_daemon_connections(n) for n in cluster) == 2)
+        assert wait_until(lambda: sum(_daemon_connections(n) for n in cluster) == 2), [
+            _daemon_connections(n) for n in cluster
+        ]
         counts = [_daemon_connections(n) for n in cluster]
         victim = max(range(3), key=lambda i: counts[i])
         survivor = cluster[(victim + 1) % 3]
@@ -156,7 +167,10 @@ def test_two_daemons_keep_scoring_when_a_nats_node_is_killed(
                     out[s] = out.get(s, 0.0) + v
             return out
 
-        assert wait_until(lambda: merged() == want, timeout=40), merged()
+        assert wait_until(lambda: merged() == want, timeout=40), (
+            {k: v for k, v in merged().items() if v != ROUNDS},
+            [_rejected(r) for r in regs],
+        )
         on = [set(d.engine.windows.sensors) for d in daemons]
         assert on[0] and on[1] and not on[0] & on[1]  # each sensor on one daemon only
         # Readiness recovers on both; a daemon that lost its node reconnected.
@@ -171,7 +185,10 @@ def test_two_daemons_keep_scoring_when_a_nats_node_is_killed(
                 return False
             return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
 
-        assert wait_until(settled, timeout=30)
+        assert wait_until(settled, timeout=30), [
+            (i.num_pending, i.num_ack_pending)
+            for i in (pub.consumer(STREAM, f"streamwatch-{p}") for p in range(P))
+        ]
         assert pub.stream(STREAM).state.messages == ROUNDS * len(SENSORS)
     finally:
         for d in daemons:
