@@ -40,7 +40,7 @@ from streamwatch.outputs.metrics import Metrics
 from streamwatch.outputs.outbox import Outbox
 from streamwatch.pipeline.alerts import CLEARED, RAISED, AlertEvent
 from streamwatch.pipeline.engine import Engine
-from streamwatch.pipeline.group_path import learned_groups_dir
+from streamwatch.pipeline.group_path import learned_groups_dir, load_group_model
 from streamwatch.pipeline.handoff import Handoff, Queued
 from streamwatch.pipeline.moves import MOVES
 from streamwatch.pipeline.moves import apply as apply_move
@@ -292,31 +292,57 @@ class Daemon:
         return code
 
     def reload(self) -> bool:
-        """Reload ``model_dir`` off the worker thread and swap it in; False if it failed."""
-        if self.cfg.model_dir is None:
-            log.warning("SIGHUP: no model_dir configured, nothing to reload")
-            return False
+        """Reload ``model_dir`` and the group bundle off the worker thread and swap them in
+        between batches; False if nothing was reloaded or a reload failed (the model in use
+        stays)."""
         with self._reloading:
             sdnotify.reloading()
             try:
-                model = bundle.load(
-                    self.cfg.model_dir,
-                    expect=self.cfg.detector,
-                    inference=self.cfg.engine.inference,
-                )
-            except bundle.ModelError as exc:
-                log.error("reload failed, keeping the current model: %s", exc)
-                return False
+                done = [self._reload_model(), self._reload_groups()]
             finally:
                 sdnotify.ready()
-            with tfquiet.filtered_native_stderr():
-                model.detector.warm_up()
-            self.engine.request_swap(model)
-            self.metrics.set_model(
-                model.name, model.hyper_hash, str(self.cfg.model_dir), on_plateau(model)
+        return all(r is not False for r in done) and any(r for r in done)
+
+    def _reload_model(self) -> bool | None:
+        """The per-sensor model (None: no ``model_dir`` to reload)."""
+        if self.cfg.model_dir is None:
+            log.warning("SIGHUP: no model_dir configured, no sensor model to reload")
+            return None
+        try:
+            model = bundle.load(
+                self.cfg.model_dir, expect=self.cfg.detector, inference=self.cfg.engine.inference
             )
-            log.info("reloaded model from %s", self.cfg.model_dir)
-            return True
+        except bundle.ModelError as exc:
+            log.error("reload failed, keeping the current model: %s", exc)
+            return False
+        with tfquiet.filtered_native_stderr():
+            model.detector.warm_up()
+        self.engine.request_swap(model)
+        self.metrics.set_model(
+            model.name, model.hyper_hash, str(self.cfg.model_dir), on_plateau(model)
+        )
+        log.info("reloaded model from %s", self.cfg.model_dir)
+        return True
+
+    def _reload_groups(self) -> bool | None:
+        """The group bundle (None: no groups, or no bundle on disk: the groups learned
+        online stay as they are)."""
+        if self.engine.groups is None:
+            return None
+        path = self.cfg.groups.bundle_dir(self.cfg.model_dir)
+        if path is None or not path.exists():
+            log.info("SIGHUP: no group bundle at %s; the groups stay as they are", path)
+            return None
+        try:
+            model = load_group_model(self.cfg)
+        except bundle.ModelError as exc:
+            log.error("group model reload failed, keeping the current one: %s", exc)
+            return False
+        with tfquiet.filtered_native_stderr():
+            model.detector.warm_up()
+        self.engine.request_group_swap(model)
+        log.info("reloaded the group model from %s", path)
+        return True
 
     # -- background training and alert state -----------------------------------------------
 

@@ -1,5 +1,6 @@
 """Test helpers for the JetStream transport: a real nats-server with JetStream and the
-partitioning subject mapping on a free loopback port, and a small blocking NATS client."""
+partitioning subject mapping on a free loopback port (optionally with its MQTT listener, a
+monitoring port, or as one node of a cluster), and a small blocking NATS client."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +25,79 @@ NATS_SERVER = shutil.which("nats-server") or (
 )
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """This node's place in a cluster: the cluster's name, its own route port and every
+    node's route port (its own included: nats-server ignores a route to itself)."""
+
+    name: str
+    port: int
+    routes: Sequence[int]
+
+
 class NatsServer:
     """A nats-server process with JetStream (its own store folder) and the mapping
     ``sensors.* -> streamwatch.in.{{partition(P,1)}}.{{wildcard(1)}}`` (and its two-token
-    form for ``sensors.*.*``)."""
+    form for ``sensors.*.*``).
 
-    def __init__(self, workdir: Path, partitions: int, jetstream: bool = True) -> None:
+    Optional, all off by default: ``mqtt`` adds nats-server's MQTT listener on a free port
+    (:attr:`mqtt_port`; it needs JetStream and a ``server_name``), ``monitor`` the HTTP
+    monitoring port (:attr:`monitor_port`, ``/connz``, ``/jsz``), ``cluster`` makes it one
+    node of a cluster (JetStream clustered, named ``server_name``)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        partitions: int,
+        jetstream: bool = True,
+        *,
+        mqtt: bool = False,
+        monitor: bool = False,
+        cluster: ClusterNode | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.conf = workdir / "nats.conf"
         self.log = workdir / "nats.log"
         self.partitions = partitions
+        self.mqtt_port = free_port() if mqtt else None
+        self.monitor_port = free_port() if monitor else None
+        self.cluster = cluster
+        needs_name = mqtt or cluster is not None
+        self.server_name = server_name or (f"sw-{self.port}" if needs_name else None)
         self.write_conf(jetstream)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self, jetstream: bool = True) -> None:
-        """The server's config: the listener, JetStream (unless ``jetstream`` is False) and
-        the mapping."""
+        """The server's config: the listener, JetStream (unless ``jetstream`` is False), the
+        mapping, and the optional MQTT listener, monitoring port and cluster block."""
         partitions = self.partitions
         js = f'jetstream {{ store_dir: "{self.workdir / "js"}" }}\n' if jetstream else ""
         self.conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\n" + js + "mappings = {\n"
+            f"listen: 127.0.0.1:{self.port}\n" + self._extra_conf() + js + "mappings = {\n"
             f'  "sensors.*": "streamwatch.in.{{{{partition({partitions},1)}}}}'
             '.{{wildcard(1)}}"\n'
             f'  "sensors.*.*": "streamwatch.in.{{{{partition({partitions},1,2)}}}}'
             '.{{wildcard(1)}}.{{wildcard(2)}}"\n'
             "}\n"
         )
+
+    def _extra_conf(self) -> str:
+        out = ""
+        if self.server_name is not None:
+            out += f"server_name: {self.server_name}\n"
+        if self.mqtt_port is not None:
+            out += f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+        if self.monitor_port is not None:
+            out += f"http: 127.0.0.1:{self.monitor_port}\n"
+        if self.cluster is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.routes)
+            out += (
+                f"cluster {{ name: {self.cluster.name}, listen: 127.0.0.1:{self.cluster.port},"
+                f" routes: [{routes}] }}\n"
+            )
+        return out
 
     @property
     def url(self) -> str:
@@ -63,6 +112,8 @@ class NatsServer:
                 [NATS_SERVER, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
             )
         wait_port(self.port)
+        if self.mqtt_port is not None:
+            wait_port(self.mqtt_port)
 
     def stop(self) -> None:
         """Stop the server."""
@@ -70,6 +121,26 @@ class NatsServer:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (no clean shutdown) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def nats_cluster(workdir: Path, partitions: int, nodes: int = 3) -> list[NatsServer]:
+    """``nodes`` nats-servers (not started) forming one JetStream cluster on loopback, each
+    with the mapping and a monitoring port, named ``n1``, ``n2``, ..."""
+    route_ports = [free_port() for _ in range(nodes)]
+    out = []
+    for i, port in enumerate(route_ports, start=1):
+        d = workdir / f"n{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        node = ClusterNode("swtest", port, route_ports)
+        out.append(NatsServer(d, partitions, monitor=True, cluster=node, server_name=f"n{i}"))
+    return out
 
 
 class CutProxy:
@@ -156,14 +227,23 @@ class NatsClient:
     def _run(self, coro: Any, timeout: float = 20.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def publish(self, subject: str, payload: bytes) -> None:
+    def publish(
+        self, subject: str, payload: bytes, msg_id: str | None = None, timeout: float = 2.0
+    ) -> None:
         """Publish through JetStream: returns once the stream has stored it (the mapping
-        applies first, so ``sensors.x`` lands in its partition's subject)."""
-        self._run(self.js.publish(subject, payload))
+        applies first, so ``sensors.x`` lands in its partition's subject). ``msg_id`` sets
+        ``Nats-Msg-Id``: the stream stores a retried publish once (its duplicate window)."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id is not None else None
+        self._run(self.js.publish(subject, payload, timeout=timeout, headers=headers))
 
-    def add_stream(self, name: str, subjects: list[str]) -> None:
-        """Create a stream (as the daemon would on its first start)."""
-        self._run(self.js.add_stream(name=name, subjects=subjects))
+    def add_stream(self, name: str, subjects: list[str], replicas: int = 1) -> None:
+        """Create a stream (as the daemon would on its first start; the daemon's has one
+        replica, a clustered deployment creates it with more first)."""
+        self._run(self.js.add_stream(name=name, subjects=subjects, num_replicas=replicas))
+
+    def stream(self, name: str) -> Any:
+        """A stream's info (``state``, ``cluster.leader``, ...)."""
+        return self._run(self.js.stream_info(name))
 
     def subscribe(self, subject: str) -> None:
         """Collect every message on ``subject`` (a core subscription) into :attr:`received`."""

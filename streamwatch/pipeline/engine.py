@@ -65,6 +65,7 @@ class Engine:
         self.metrics = metrics
         self.sink = sink
         self._pending: Model | None = None
+        self._pending_groups: Model | None = None
         self._pending_lock = threading.Lock()
         self._recollect = False
         self.raised: dict[str, str] = dict(raised or {})
@@ -147,6 +148,11 @@ class Engine:
         with self._pending_lock:
             self._pending = model
 
+    def request_group_swap(self, model: Model) -> None:
+        """Swap in a reloaded group model before the next batch (thread-safe)."""
+        with self._pending_lock:
+            self._pending_groups = model
+
     def request_recollect(self) -> None:
         """Auto-train again on fresh data before the next batch (thread-safe): the trained
         model was refused (see :meth:`SensorLifecycle.recollect`)."""
@@ -157,6 +163,9 @@ class Engine:
         with self._pending_lock:
             new, self._pending = self._pending, None
             again, self._recollect = self._recollect, False
+            groups_model, self._pending_groups = self._pending_groups, None
+        if groups_model is not None and self.groups is not None:
+            self.groups.swap(groups_model)
         if again:
             self.lifecycle.recollect()
         if new is None:

@@ -182,24 +182,58 @@ class GroupPath:
             old, st = self.groups.popitem(last=False)
             log.info("group %s evicted (over groups.max_groups)", old)
             self._evict(old, st)
+        a = self.cfg.alerts
+        alert = AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s, a.refractory)
+        series = self.metrics.series(group)
+        if group in self.raised:
+            alert.restore(self.raised[group])
+            series.active = 1
+        gs = self._state(group, alert, series, None)
+        self.groups[group] = gs
+        return gs
+
+    def _state(
+        self, group: str, alert: AlertState, series: SensorSeries, old: GroupState | None
+    ) -> GroupState:
+        """A group's state under the current model: scored from its trained members and
+        threshold where the model knows the group, else warming up. ``old`` (a model swap)
+        keeps its aligned steps where the members stay the same."""
+        g = self.cfg.groups
         known = self.model.trained_on.get("groups", {}).get(group)
         members = list(known["members"]) if known and self.model.detector.knows(group) else None
         period = g.period_s or (float(known["period_s"]) if members and known else None)
-        a = self.cfg.alerts
-        alert = AlertState(a.raise_k, a.raise_n, a.clear_m, a.clear_hold_s, a.refractory)
-        gs = GroupState(
-            Aligner(members, period, g.max_age_s, g.missing, max_members=g.max_members),
-            alert,
-            self.metrics.series(group),
-        )
-        if group in self.raised:
-            alert.restore(self.raised[group])
-            gs.series.active = 1
+        if old is not None and (members is None or members == old.aligner.members):
+            aligner = old.aligner
+        else:
+            aligner = Aligner(members, period, g.max_age_s, g.missing, max_members=g.max_members)
+        gs = GroupState(aligner, alert, series)
+        if old is not None:
+            gs.last_seen = old.last_seen
+            if aligner is old.aligner:
+                gs.rows, gs.stamps = old.rows[-self.window :], old.stamps[-self.window :]
         thr = self.model.thresholds.get(group)
         if members is not None and thr is not None:
             self._mark_scored(gs, thr)
-        self.groups[group] = gs
+        else:
+            series.threshold = math.nan
         return gs
+
+    def swap(self, model: Model) -> None:
+        """Take a reloaded group model (SIGHUP) between batches. Each tracked group the new
+        model knows is scored with its threshold from the next full window (its aligned
+        steps kept where its members stay the same); any other group warms up again. Alert
+        states carry over: a raised alert is cleared by the new model, not raised again."""
+        self.model = model
+        self.window = model.detector.window
+        self._due = []
+        self._learned = (
+            set(model.trained_on.get("groups", {}))
+            if model.trained_on.get("learned_online")
+            else set()
+        )
+        self.version += 1
+        for group, gs in list(self.groups.items()):
+            self.groups[group] = self._state(group, gs.alert, gs.series, gs)
 
     def evict_idle(self, now: float, idle_s: float) -> None:
         """Drop groups whose last reading arrived more than ``idle_s`` before ``now``."""
@@ -384,7 +418,8 @@ class GroupPath:
             )
 
     def _ranked(self, group: str, gs: GroupState, x: np.ndarray) -> list[dict[str, Any]]:
-        """The members by their share of the score (most first), with their last values."""
+        """The members by their share of the score (most first), with their last values
+        (None where imputed) and how many of the window's steps imputed them."""
         det = self.model.detector
         members = gs.aligner.members or []
         shares_of = getattr(det, "member_shares", None)
@@ -400,6 +435,7 @@ class GroupPath:
                 "member": members[j],
                 "value": float(last[j]) if np.isfinite(last[j]) else None,
                 "contribution": round(float(shares[j]), 4),
+                "imputed": int(np.count_nonzero(~np.isfinite(x[:, j]))),
             }
             for j in order
         ]
