@@ -27,8 +27,8 @@ One run on this machine, everything side by side (``bench_live``'s publisher, fe
    each reading stamped with its send time; a separate subscriber takes receipt time minus
    the alert's ``ts``. NATS path: MQTT listener -> stream -> one JetStream daemon -> the alert
    on the core subject ``streamwatch.alerts.<sensor>`` -> a NATS subscriber, with the default
-   ``nats.fetch_batch`` (100) and with 1 (a pull of 100 messages that gets its first one from a
-   lingering request waits for more, up to the pull's 1 s expiry, in nats-py). MQTT path:
+   ``nats.fetch_batch`` (100) and with 1 (a caught-up partition waits with a pull of one message
+   and drains with pulls of ``fetch_batch``: ``streamwatch/ingest/ownership.py``). MQTT path:
    ``bench_live``'s Mosquitto -> an MQTT daemon -> ``streamwatch/alerts/<sensor>`` -> an MQTT
    subscriber (``bench_live.latency_trial``).
 

@@ -37,6 +37,14 @@ _limited = RateLimited(log)
 
 FETCH_WAIT_S = 1.0
 """How long one pull request waits for messages before it is renewed."""
+DRAIN_WAIT_S = 0.005
+"""How long a pull for a whole batch waits when the partition has nothing more at once.
+
+nats-py's ``fetch(n)`` first asks for what the stream holds now (``no_wait``); only when that
+is nothing does it leave a lingering request, which returns once ``n`` messages came or it
+expires. A partition that is caught up therefore waits with ``fetch(1)`` (returns on the first
+message) and drains with ``fetch(fetch_batch)`` under this short wait: a quiet partition's
+reading is not held back for a batch that never fills."""
 NAK_DELAY_S = 2 * FETCH_WAIT_S
 """A message handed back is redelivered after this: past the expiry of this daemon's last
 pull requests, which JetStream would otherwise serve it to (and nobody would read it)."""
@@ -112,10 +120,13 @@ class PartitionMoves:
             await quietly(sub.unsubscribe())
 
     async def _pull(self, partition: int, sub: Any, epoch: int) -> None:
+        caught_up = False
         while not self._closing and self._epochs.get(partition) == epoch:
+            want = 1 if caught_up else self.cfg.fetch_batch
             try:
-                msgs = await sub.fetch(self.cfg.fetch_batch, timeout=FETCH_WAIT_S)
+                msgs = await sub.fetch(want, timeout=FETCH_WAIT_S if caught_up else DRAIN_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):
+                caught_up = True
                 continue
             except asyncio.CancelledError:
                 raise
@@ -125,6 +136,8 @@ class PartitionMoves:
                 )
                 await asyncio.sleep(RECONNECT_WAIT_S)
                 continue
+            # A message after waiting: drain what followed it. Draining: on while batches fill.
+            caught_up = False if caught_up else len(msgs) < want
             for msg in msgs:
                 if self._epochs.get(partition) != epoch:
                     break  # given up meanwhile: the next owner reads them
