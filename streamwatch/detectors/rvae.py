@@ -52,6 +52,7 @@ class RVAEDetector(LSTMVAEDetector):
 
     name = "rvae"
     scores_without_tensorflow = False  # the numpy twin serves the one-feature LSTM-VAE only
+    exports_litert: ClassVar[bool] = False  # groups are windowed and standardised apart
     part_names: ClassVar[tuple[str, ...]] = ("reconstruction", "latent")
 
     def __init__(self, config: DetectorConfig, window: int) -> None:
