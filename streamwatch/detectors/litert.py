@@ -7,9 +7,10 @@ other files, and its manifest's ``litert`` entry says how far LiteRT's scores we
 TensorFlow's on held-out windows. This module runs them, with neither TensorFlow nor the
 converter in memory.
 
-A batch is cut into chunks of bucket size (:func:`plan`): as many full chunks of the largest
-bucket that fits as fit, then the rest padded up to the smallest bucket that holds it; one
-interpreter call per chunk. The interpreters are built once, at load. A LiteRT interpreter
+A batch is cut into chunks of bucket size (:func:`plan`): full chunks of the largest bucket,
+then the rest either padded up to the smallest bucket that holds it or split further, which
+ever costs less (rows run, padding included, plus :data:`CALL_COST` a call); one interpreter
+call per chunk. The interpreters are built once, at load. A LiteRT interpreter
 holds its input and output tensors between ``set_tensor``, ``invoke`` and ``get_tensor``, so
 it is not safe to share between threads: each network's calls are serialised by a lock (the
 engine scores on one worker thread, so the lock is uncontended there).
@@ -36,6 +37,10 @@ TOLERANCE = 1e-3
 at which an exported LiteRT model is kept; past it the model is refused and the bundle scores
 with numpy (or TensorFlow) instead. The floor of 1 nat keeps near-zero scores from counting
 float32 rounding as a relative error."""
+CALL_COST = 8
+"""What one interpreter call costs beside its rows, counted in rows: a call's fixed cost is
+worth several windows' (docs/performance-footprint.md), so a batch is not split into many
+small calls to save a little padding."""
 LITERT_EXTRA = "pip install 'streamwatch-edge[litert]'"
 """How to add LiteRT to an install."""
 
@@ -70,17 +75,28 @@ def file_name(key: str, bucket: int) -> str:
 
 def plan(n: int, buckets: Sequence[int] = BUCKETS) -> list[tuple[int, int]]:
     """Chunks ``(rows, bucket)`` covering ``n`` rows in order: full chunks of the largest
-    bucket not above ``n``, then the rest (if any) in the smallest bucket that holds it."""
+    bucket, then the rest in whichever cover of :func:`_tail` costs least."""
     sizes = sorted(buckets)
     if n <= 0:
         return []
-    fit = [b for b in sizes if b <= n]
-    big = fit[-1] if fit else sizes[0]
-    out = [(big, big)] * (n // big) if fit else []
-    rest = n - big * len(out)
-    if rest:
-        out.append((rest, next(b for b in sizes if b >= rest)))
-    return out
+    top = sizes[-1]
+    return [(top, top)] * (n // top) + _tail(n % top, sizes)
+
+
+def _tail(rows: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """The cheapest cover of ``rows`` (fewer than the largest bucket): padded up to the
+    smallest bucket that holds them, or full chunks of the largest bucket below them and the
+    rest covered again; cost = rows run (padding included) + :data:`CALL_COST` per call."""
+    if rows == 0:
+        return []
+    up = next(b for b in sizes if b >= rows)
+    best = [(rows, up)]
+    below = [b for b in sizes if b < rows]
+    if up == rows or not below:
+        return best
+    down = below[-1]
+    alt = [(down, down)] * (rows // down) + _tail(rows % down, sizes)
+    return min(best, alt, key=lambda p: sum(size + CALL_COST for _, size in p))
 
 
 class _Bucket:
