@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from streamwatch.detectors import litert
+from streamwatch.detectors import litert, lstm_numpy
 from streamwatch.detectors.lstm_numpy import LOGVAR_CLIP, SCALE_EPS
 from streamwatch.tfquiet import filtered_native_stderr
 
@@ -145,3 +145,59 @@ def check(
     a = np.asarray(s_ref, np.float64).sum(axis=axes) + np.asarray(k_ref, np.float64)
     b = np.asarray(s_lite, np.float64).sum(axis=axes) + np.asarray(k_lite, np.float64)
     return litert.max_rel_diff(a, b)
+
+
+def export(
+    nets: Mapping[str, Any],
+    held_out: Callable[[str], np.ndarray],
+    window: int,
+    buckets: Sequence[int] = litert.BUCKETS,
+) -> tuple[dict[str, dict[int, bytes]], dict[str, Any]]:
+    """Convert and check every TensorFlow network in ``nets`` (by key); ``held_out(key)``
+    gives the standardised windows to check one on. Returns the kept models by key and
+    bucket, and the manifest's ``litert`` entry: per network its check (``max_rel_diff``
+    over ``windows``) and ``files``, or why it was ``refused``."""
+    from streamwatch.detectors.lstm_vae_net import Net
+
+    kept: dict[str, dict[int, bytes]] = {}
+    networks: dict[str, dict[str, Any]] = {}
+    for key, net in sorted(nets.items()):
+        if not isinstance(net, Net):
+            networks[key] = {"refused": "not trained in this process (no TensorFlow model)"}
+            continue
+        z = held_out(key)
+        entry: dict[str, Any] = {"windows": len(z)}
+        networks[key] = entry
+        if not len(z):
+            entry["refused"] = "no held-out windows to check it on"
+            log.warning("LiteRT export of network %s refused: %s", key, entry["refused"])
+            continue
+        try:
+            models = convert(
+                lstm_numpy.keras_weights(net.vae), net.eps, window, net.features, tuple(buckets)
+            )
+            diff = check(models, net.scorer(False), z, window, net.features)
+        except Exception as exc:  # a converter or runtime failure: score without LiteRT
+            entry["refused"] = f"export failed: {type(exc).__name__}: {exc}"
+            log.warning("LiteRT export of network %s failed: %s", key, exc)
+            continue
+        entry["max_rel_diff"] = diff
+        if not diff <= litert.TOLERANCE:
+            entry["refused"] = (
+                f"max relative score difference {diff:.3g} from TensorFlow exceeds the "
+                f"tolerance {litert.TOLERANCE:g}"
+            )
+            log.warning("LiteRT export of network %s refused: %s", key, entry["refused"])
+            continue
+        kept[key] = models
+        entry["files"] = [litert.file_name(key, b) for b in sorted(models)]
+        log.info(
+            "LiteRT export of network %s: buckets %s, max relative difference %.2g on %d "
+            "held-out windows",
+            key,
+            sorted(models),
+            diff,
+            len(z),
+        )
+    report = {"tolerance": litert.TOLERANCE, "buckets": sorted(buckets), "networks": networks}
+    return kept, report

@@ -46,6 +46,13 @@ reference the tests hold XLA to. On our model (2 CPUs) XLA is about 20-25% faste
 windows, about even to slower from 256, and about 20% slower at 4096
 (docs/performance-models.md).
 :meth:`LSTMVAEDetector.warm_up` traces and compiles every bucket ahead of the first windows.
+
+Other scorers (``engine.inference``). A bundle keeps every network's weights as plain arrays
+(``.npz``), which :mod:`streamwatch.detectors.lstm_numpy` scores without TensorFlow, and, from
+``streamwatch train``, LiteRT models of the same pass (:mod:`streamwatch.detectors.litert`,
+exported and checked against TensorFlow by :meth:`LSTMVAEDetector.export_litert`). ``auto``
+scores with LiteRT where the bundle has it and ``ai-edge-litert`` is installed, else with
+TensorFlow if installed, else with numpy.
 """
 
 from __future__ import annotations
@@ -352,61 +359,17 @@ class LSTMVAEDetector(Detector):
     def export_litert(
         self, series: Mapping[str, np.ndarray], buckets: Sequence[int] = litert.BUCKETS
     ) -> dict[str, Any]:
-        """Export every network trained here to LiteRT (one model per bucket), score the
-        held-out windows of ``series`` (raw values per sensor, not trained on) with
-        TensorFlow and with LiteRT, and keep a network's models only if the two agree within
+        """Export every network trained here to LiteRT (one model per bucket), checked on the
+        held-out windows of ``series`` (raw values per sensor, not trained on): a network's
+        models are kept only if LiteRT's scores agree with TensorFlow's within
         :data:`litert.TOLERANCE`; a refused or failed export is logged and said in the
         report, and that network scores without LiteRT. Returns the manifest's ``litert``
         entry (also :attr:`litert_report`). Needs TensorFlow."""
         from streamwatch.detectors import litert_export
-        from streamwatch.detectors.lstm_vae_net import Net
 
-        self._litert = {}
-        networks: dict[str, dict[str, Any]] = {}
-        for key, net in sorted(self._nets.items()):
-            if not isinstance(net, Net):
-                networks[key] = {"refused": "not trained in this process (no TensorFlow model)"}
-                continue
-            z = self._held_out_windows(key, series)
-            entry: dict[str, Any] = {"windows": len(z)}
-            networks[key] = entry
-            if not len(z):
-                entry["refused"] = "no held-out windows to check it on"
-                log.warning("LiteRT export of network %s refused: %s", key, entry["refused"])
-                continue
-            weights = lstm_numpy.keras_weights(net.vae)
-            try:
-                models = litert_export.convert(
-                    weights, net.eps, self.window, net.features, tuple(buckets)
-                )
-                diff = litert_export.check(models, net.scorer(False), z, self.window, net.features)
-            except Exception as exc:  # a converter or runtime failure: score without LiteRT
-                entry["refused"] = f"export failed: {type(exc).__name__}: {exc}"
-                log.warning("LiteRT export of network %s failed: %s", key, exc)
-                continue
-            entry["max_rel_diff"] = diff
-            if not diff <= litert.TOLERANCE:
-                entry["refused"] = (
-                    f"max relative score difference {diff:.3g} from TensorFlow exceeds the "
-                    f"tolerance {litert.TOLERANCE:g}"
-                )
-                log.warning("LiteRT export of network %s refused: %s", key, entry["refused"])
-                continue
-            self._litert[key] = models
-            entry["files"] = [litert.file_name(key, b) for b in sorted(models)]
-            log.info(
-                "LiteRT export of network %s: buckets %s, max relative difference %.2g on %d "
-                "held-out windows",
-                key,
-                sorted(models),
-                diff,
-                len(z),
-            )
-        self.litert_report = {
-            "tolerance": litert.TOLERANCE,
-            "buckets": sorted(buckets),
-            "networks": networks,
-        }
+        self._litert, self.litert_report = litert_export.export(
+            self._nets, lambda key: self._held_out_windows(key, series), self.window, buckets
+        )
         return self.litert_report
 
     def _litert_buckets(self, key: str) -> list[int] | None:
