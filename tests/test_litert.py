@@ -241,3 +241,44 @@ def test_litert_asked_for_without_ai_edge_litert_is_a_model_error(
     )
     assert r.returncode != 0
     assert "ModelError" in r.stderr and "streamwatch-edge[litert]" in r.stderr
+
+
+def test_the_group_rvae_exports_and_scores_alike(tmp_path: Path) -> None:
+    """The multivariate network (three members) through the same export, check and load."""
+    from streamwatch.config import RVAEConfig
+
+    rng = np.random.default_rng(5)
+
+    def pump(n: int) -> np.ndarray:
+        flow = np.sin(np.arange(n) / 6.0) + rng.normal(0, 0.05, n)
+        return np.stack([flow, 5.0 + flow, 100.0 - 10.0 * flow], axis=1)
+
+    cfg = Config.model_validate(
+        {
+            "groups": {
+                "patterns": ["plant/+/#"],
+                "window": WINDOW,
+                "detector": RVAEConfig(
+                    hidden=8, latent=2, epochs=2, min_steps=0, batch_size=64
+                ).model_dump(),
+            }
+        }
+    )
+    from streamwatch.group_training import group_config
+
+    data = {g: (np.arange(500.0), pump(500), None) for g in ("plant/a", "plant/b")}
+    model = fit_calibrated(group_config(cfg), data)
+    held = {g: v[-120:] for g, (_, v, _) in data.items()}
+    report = model.detector.export_litert(held, BUCKETS)  # type: ignore[attr-defined]
+    assert report["networks"]["f3"]["files"], report
+    bundle.save(model, tmp_path / "g")
+    lite = bundle.load(tmp_path / "g", inference="auto")
+    tf = bundle.load(tmp_path / "g", inference="tensorflow")
+    assert lite.detector.scoring_with == "litert"  # type: ignore[attr-defined]
+    assert tf.detector.scoring_with == "tensorflow"  # type: ignore[attr-defined]
+    x = np.lib.stride_tricks.sliding_window_view(pump(40), WINDOW, axis=0).transpose(0, 2, 1).copy()
+    x[::3, WINDOW // 2, 1] -= 3.0  # member 1 breaks from the others
+    groups = ["plant/a"] * len(x)
+    a, b = tf.detector.parts(groups, x), lite.detector.parts(groups, x)
+    assert max_rel_diff(a.sum(axis=1), b.sum(axis=1)) <= litert.TOLERANCE
+    assert max_rel_diff(a[:, 1], b[:, 1]) <= litert.TOLERANCE
