@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 BUCKETS: tuple[int, ...] = (1, 8, 64, 512)
 """Batch sizes a network is exported at (fixed shapes: an unrolled LSTM converts to builtin
 ops only with a fixed batch)."""
-TOLERANCE = 1e-3
+TOLERANCE = 1e-2
 """Largest relative score difference, ``|tf - litert| / max(1, |tf|)`` over held-out windows,
 at which an exported LiteRT model is kept; past it the model is refused and the bundle scores
 with numpy (or TensorFlow) instead. The floor of 1 nat keeps near-zero scores from counting
-float32 rounding as a relative error."""
+float32 rounding as a relative error. Not tighter: every scorer computes in float32, and a
+window whose decoder σ sits near its floor (``SCALE_EPS``) magnifies rounding in the decoded
+mean a thousandfold; on NAB's held-out windows numpy and LiteRT each differ from TensorFlow
+by about 1.2e-3 (the manifest records numpy's difference beside LiteRT's)."""
 CALL_COST = 8
 """What one interpreter call costs beside its rows, counted in rows: a call's fixed cost is
 worth several windows' (docs/performance-footprint.md), so a batch is not split into many

@@ -137,14 +137,24 @@ def check(
         from streamwatch.detectors.lstm_vae_net import tf_module
 
         interpreter = tf_module().lite.Interpreter
-    s_ref, k_ref = reference(z)
+    ref = _window_scores(*reference(z))
     with filtered_native_stderr():
         net = litert.LiteNet(models, window, features, interpreter)
-        s_lite, k_lite = net(z)
-    axes = tuple(range(1, np.ndim(s_ref)))
-    a = np.asarray(s_ref, np.float64).sum(axis=axes) + np.asarray(k_ref, np.float64)
-    b = np.asarray(s_lite, np.float64).sum(axis=axes) + np.asarray(k_lite, np.float64)
-    return litert.max_rel_diff(a, b)
+        lite = _window_scores(*net(z))
+    return litert.max_rel_diff(ref, lite)
+
+
+def _window_scores(steps: Any, kl: Any) -> np.ndarray:
+    s = np.asarray(steps, np.float64)
+    out: np.ndarray = s.sum(axis=tuple(range(1, s.ndim))) + np.asarray(kl, np.float64)
+    return out
+
+
+def _numpy_diff(
+    net: lstm_numpy.NumpyNet, reference: Callable[[np.ndarray], tuple[Any, Any]], z: np.ndarray
+) -> float:
+    """The numpy twin's largest relative difference from ``reference`` on windows ``z``."""
+    return litert.max_rel_diff(_window_scores(*reference(z)), _window_scores(*net(z)))
 
 
 def export(
@@ -172,10 +182,13 @@ def export(
             entry["refused"] = "no held-out windows to check it on"
             log.warning("LiteRT export of network %s refused: %s", key, entry["refused"])
             continue
-        try:
-            models = convert(
-                lstm_numpy.keras_weights(net.vae), net.eps, window, net.features, tuple(buckets)
+        weights = lstm_numpy.keras_weights(net.vae)
+        if net.features == 1:  # how far the numpy twin is, for scale
+            entry["numpy_max_rel_diff"] = _numpy_diff(
+                lstm_numpy.NumpyNet(weights, net.eps, window), net.scorer(False), z
             )
+        try:
+            models = convert(weights, net.eps, window, net.features, tuple(buckets))
             diff = check(models, net.scorer(False), z, window, net.features)
         except Exception as exc:  # a converter or runtime failure: score without LiteRT
             entry["refused"] = f"export failed: {type(exc).__name__}: {exc}"
