@@ -107,7 +107,11 @@ def main() -> int:
     lines = [
         "# Numpy and LiteRT scoring against TensorFlow",
         "",
-        f"Written by `bench/numpy_vs_tf.py` (`{' '.join(sys.argv[1:])}`): the `train` protocol's "
+        "```",
+        f".venv/bin/python bench/numpy_vs_tf.py {' '.join(sys.argv[1:])}",
+        "```",
+        "",
+        "Written by that command: the `train` protocol's "
         "LSTM-VAE (shipped defaults) with its LiteRT export (batch buckets "
         f"{', '.join(map(str, BUCKETS))}; checked at export on held-out calibration windows, "
         f"tolerance {TOLERANCE:g}), one bundle loaded with `engine.inference` tensorflow, numpy "

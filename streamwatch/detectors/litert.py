@@ -39,7 +39,8 @@ with numpy (or TensorFlow) instead. The floor of 1 nat keeps near-zero scores fr
 float32 rounding as a relative error. Not tighter: every scorer computes in float32, and a
 window whose decoder σ sits near its floor (``SCALE_EPS``) magnifies rounding in the decoded
 mean a thousandfold; on NAB's held-out windows numpy and LiteRT each differ from TensorFlow
-by about 1.2e-3 (the manifest records numpy's difference beside LiteRT's)."""
+by more than 1e-3 (docs/evaluation/numpy-vs-tf.md; the manifest records numpy's difference
+beside LiteRT's)."""
 CALL_COST = 8
 """What one interpreter call costs beside its rows, counted in rows: a call's fixed cost is
 worth several windows' (docs/performance-footprint.md), so a batch is not split into many
