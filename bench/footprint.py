@@ -125,6 +125,12 @@ def markdown(rows: list[dict[str, Any]], command: str, sensors: int) -> str:
         f"the time from the first of {sensors * (WINDOW + 1):,} single-reading messages being "
         "published to the last of them being scored.",
         "",
+        "The lean install has the `litert` extra (`pip install '.[litert]'`); the LSTM-VAE "
+        "bundle holds LiteRT models (`streamwatch train`'s export), which the lean install's "
+        '`auto` scores with, and `inference = "numpy"` leaves unused (`ai_edge_litert` is '
+        "never imported then). Times come from a machine shared with other jobs and vary "
+        "from run to run.",
+        "",
     ]
     return "\n".join(lines)
 

@@ -442,6 +442,7 @@ class LSTMVAEDetector(Detector):
             else:
                 net.vae.load_weights(h5)
             self._nets[key] = net
+        log.info("%s: %s scores with %s", path, self.name, self.scoring_with)
 
     @property
     def scoring_with(self) -> str:
