@@ -282,3 +282,19 @@ def test_the_group_rvae_exports_and_scores_alike(tmp_path: Path) -> None:
     a, b = tf.detector.parts(groups, x), lite.detector.parts(groups, x)
     assert max_rel_diff(a.sum(axis=1), b.sum(axis=1)) <= litert.TOLERANCE
     assert max_rel_diff(a[:, 1], b[:, 1]) <= litert.TOLERANCE
+
+
+def test_threads_scoring_at_once_get_their_own_scores(exported: tuple[Model, Path]) -> None:
+    """The interpreters are shared by the threads that score (a lock serialises each
+    network's calls): concurrent batches of different sizes get the scores they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, path = exported
+    det = bundle.load(path, inference="litert").detector
+    rng = np.random.default_rng(11)
+    batches = [10.0 + rng.standard_normal((n, WINDOW)) for n in (1, 5, 8, 21, 3, 17)]
+    alone = [det.score(["a"] * len(x), x) for x in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: det.score(["a"] * len(x), x), batches * 5))
+    for i, got in enumerate(together):
+        np.testing.assert_allclose(got, alone[i % len(batches)], rtol=1e-6)
