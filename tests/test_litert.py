@@ -244,7 +244,8 @@ def test_litert_asked_for_without_ai_edge_litert_is_a_model_error(
 
 
 def test_the_group_rvae_exports_and_scores_alike(tmp_path: Path) -> None:
-    """The multivariate network (three members) through the same export, check and load."""
+    """The multivariate network (three members) through the same export, check and load;
+    with LiteRT it scores without TensorFlow."""
     from streamwatch.config import RVAEConfig
 
     rng = np.random.default_rng(5)
@@ -282,6 +283,14 @@ def test_the_group_rvae_exports_and_scores_alike(tmp_path: Path) -> None:
     a, b = tf.detector.parts(groups, x), lite.detector.parts(groups, x)
     assert max_rel_diff(a.sum(axis=1), b.sum(axis=1)) <= litert.TOLERANCE
     assert max_rel_diff(a[:, 1], b[:, 1]) <= litert.TOLERANCE
+    lean = subprocess.run(  # an install without TensorFlow scores the group bundle too
+        [sys.executable, "-c", HIDE, str(tmp_path / "g"), TF, "auto"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert lean.returncode == 0, lean.stderr
+    assert lean.stdout.split() == ["litert"]
 
 
 def test_threads_scoring_at_once_get_their_own_scores(exported: tuple[Model, Path]) -> None:
