@@ -13,6 +13,7 @@ every sensor in it:
 
 * the full install, LSTM-VAE scored by TensorFlow (``engine.inference = "tensorflow"``);
 * the full install, the same bundle scored by numpy (``inference = "numpy"``);
+* the full install, ``auto``: the bundle's LiteRT models, TensorFlow never imported;
 * the lean install (no TensorFlow), the same bundle scored by its LiteRT models (``auto``,
   with ``ai-edge-litert`` installed);
 * the lean install, the same bundle scored by numpy (``inference = "numpy"``: what ``auto``
@@ -161,6 +162,7 @@ def main() -> int:
             plan = [
                 ("full install, LSTM-VAE, TensorFlow", PY, "lstm-vae", "tensorflow"),
                 ("full install, LSTM-VAE, numpy", PY, "lstm-vae", "numpy"),
+                ("full install, LSTM-VAE, auto (LiteRT)", PY, "lstm-vae", "auto"),
                 ("lean install, LSTM-VAE (LiteRT)", args.lean_python, "lstm-vae", "auto"),
                 ("lean install, LSTM-VAE (numpy)", args.lean_python, "lstm-vae", "numpy"),
                 ("lean install, robust", args.lean_python, "robust", "auto"),

@@ -434,7 +434,9 @@ class LSTMVAEDetector(Detector):
                 self._nets[key] = NumpyNet.load(npz, self.window)
                 continue
             from streamwatch.detectors.lstm_vae_net import Net
+            from streamwatch.tfquiet import import_tensorflow
 
+            import_tensorflow(self.name)  # quietly, if nothing imported it yet
             net = Net(self.cfg, self.window, self.cfg.seed)
             if npz.exists():
                 arrays, _ = lstm_numpy.load_npz(npz)

@@ -41,7 +41,7 @@ from streamwatch.detectors.litert import LiteNet
 from streamwatch.detectors.lstm_vae import LSTMVAEDetector
 from streamwatch.detectors.lstm_vae_net import Net
 from streamwatch.detectors.lstm_vae_train import Trainer
-from streamwatch.tfquiet import filtered_native_stderr
+from streamwatch.tfquiet import filtered_native_stderr, import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,7 @@ class RVAEDetector(LSTMVAEDetector):
                 with filtered_native_stderr():
                     self._nets[key] = LiteNet(self._litert[key], self.window, f)
                 continue
+            import_tensorflow(self.name)  # quietly, if nothing imported it yet
             net = Net(self.rcfg, self.window, self.rcfg.seed + n, f)
             arrays, _ = lstm_numpy.load_npz(path / self._weights_file(key))
             net.vae.set_weights([arrays[name] for name in lstm_numpy.WEIGHT_NAMES])
