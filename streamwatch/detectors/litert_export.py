@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -138,7 +139,8 @@ def check(
 
         interpreter = tf_module().lite.Interpreter
     ref = _window_scores(*reference(z))
-    with filtered_native_stderr():
+    with filtered_native_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter's deprecation notice
         net = litert.LiteNet(models, window, features, interpreter)
         lite = _window_scores(*net(z))
     return litert.max_rel_diff(ref, lite)
