@@ -714,9 +714,14 @@ def latency_trial(d: Daemon, port: int, feed: Feed, rate: float, grace: float) -
 
 
 def make_bundles(
-    workdir: Path, names: dict[str, int], quick: bool, log: Callable[[str], None]
+    workdir: Path,
+    names: dict[str, int],
+    quick: bool,
+    log: Callable[[str], None],
+    litert: bool = False,
 ) -> dict[str, Path]:
-    """A trained bundle per detector, its one sensor's state copied to ``names[det]`` sensors."""
+    """A trained bundle per detector, its one sensor's state copied to ``names[det]`` sensors
+    (``litert``: with the LiteRT export, as ``streamwatch train`` makes it)."""
     from streamwatch.config import Config, LSTMVAEConfig
     from streamwatch.detectors import bundle
     from streamwatch.training import fit_calibrated
@@ -734,7 +739,7 @@ def make_bundles(
         if det == "gmm":
             detector |= {"steps": 100 if quick else 300}
         cfg = Config.model_validate({"detector": detector, "windows": {"length": WINDOW}})
-        model = fit_calibrated(cfg, data, source="bench_live")
+        model = fit_calibrated(cfg, data, source="bench_live", litert=litert)
         state = model.detector._sensor_state()["s0"]
         model.detector._restore_sensor_state({f"s{i}": state for i in range(n)})
         thr = model.thresholds.per_sensor["s0"]

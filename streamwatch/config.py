@@ -618,11 +618,12 @@ class EngineConfig(_Strict):
     )
     tf_intra_threads: int = Field(2, ge=0, description="TensorFlow intra-op threads (0: TF's).")
     tf_inter_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads (0: TF's).")
-    inference: Literal["auto", "tensorflow", "numpy"] = Field(
+    inference: Literal["auto", "litert", "tensorflow", "numpy"] = Field(
         "auto",
-        description="How a trained LSTM-VAE bundle scores: tensorflow (tf.function, XLA), numpy "
-        "(no TensorFlow in memory; what an install without it uses), auto (TensorFlow if "
-        "installed).",
+        description="How a trained LSTM-VAE bundle scores: litert (the bundle's LiteRT models, "
+        "from `train`; needs ai-edge-litert; numpy for a network without one), tensorflow "
+        "(tf.function, XLA), numpy (no TensorFlow in memory), auto (litert where the bundle "
+        "has it and ai-edge-litert is installed, else TensorFlow if installed, else numpy).",
     )
 
 

@@ -88,10 +88,14 @@ def group_config(cfg: Config) -> Config:
 
 
 def fit_groups(
-    cfg: Config, groups: Mapping[str, Mapping[str, Series]], source: str | None
+    cfg: Config,
+    groups: Mapping[str, Mapping[str, Series]],
+    source: str | None,
+    litert: bool = False,
 ) -> Model:
     """Align each group, then fit and calibrate the group detector on all of them. A group
-    with too few steps is skipped and reported (``fit_calibrated``'s rule)."""
+    with too few steps is skipped and reported (``fit_calibrated``'s rule). ``litert``: export
+    the networks to LiteRT where the detector does (the RVAE), as ``streamwatch train``."""
     aligned: dict[str, Series] = {}
     meta: dict[str, dict[str, Any]] = {}
     for group, members in sorted(groups.items()):
@@ -104,7 +108,7 @@ def fit_groups(
             aligned[group][1].shape[0],
             meta[group]["missing_steps"],
         )
-    model = fit_calibrated(group_config(cfg), aligned, source)
+    model = fit_calibrated(group_config(cfg), aligned, source, litert=litert)
     known = set(model.trained_on.get("sensors", ()))
     model.trained_on["groups"] = {g: m for g, m in meta.items() if g in known}
     return model
@@ -131,7 +135,7 @@ def train_with_groups(
         path = cfg.groups.bundle_dir(model_dir)
         assert path is not None
         try:
-            group_model = fit_groups(cfg, groups, source)
+            group_model = fit_groups(cfg, groups, source, litert=True)
         except TrainError as exc:
             errors.append(f"groups: {exc}")
         else:

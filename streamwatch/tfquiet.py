@@ -31,6 +31,12 @@ _NOISE = re.compile(
     r"|oneDNN custom operations are on"
     r"|This TensorFlow binary is optimized to use"
     r"|rebuild TensorFlow with the appropriate compiler flags"
+    # the LiteRT converter and interpreter (streamwatch.detectors.litert*)
+    r"|Estimated count of arithmetic ops"
+    r"|Ignored output_format\."
+    r"|Ignored drop_control_dependency\."
+    r"|Reading SavedModel (from|debug info)"
+    r"|Created TensorFlow Lite XNNPACK delegate for CPU"
 )
 
 
@@ -149,17 +155,23 @@ def prepare(
     """Pin TensorFlow's thread pools (0: TensorFlow's own choice) and import it quietly, if
     detectors of ``detector_type`` need it: robust and Gaussian never do, and a detector that
     can score without it does not when only scoring a trained bundle (``scoring_only``) with
-    ``inference`` "numpy", or "auto" on an install without TensorFlow."""
+    ``inference`` "numpy" or "litert", or "auto" on an install without TensorFlow or with
+    LiteRT (the bundle decides then: one without LiteRT models imports TensorFlow as it
+    loads, with the thread pools pinned here)."""
+    from streamwatch.detectors import litert
     from streamwatch.detectors.base import detector_class
 
     cls = detector_class(detector_type)
     if not cls.uses_tensorflow:
         return
-    numpy_ok = scoring_only and cls.scores_without_tensorflow
-    if numpy_ok and (inference == "numpy" or (inference == "auto" and not tensorflow_installed())):
-        return
     if intra_threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_threads))
     if inter_threads:
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(inter_threads))
+    numpy_ok = scoring_only and cls.scores_without_tensorflow
+    lean = inference in ("numpy", "litert") or (
+        inference == "auto" and (not tensorflow_installed() or litert.installed())
+    )
+    if numpy_ok and lean:
+        return
     import_tensorflow(f"detector {detector_type!r}")

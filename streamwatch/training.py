@@ -41,8 +41,9 @@ class TrainError(ValueError):
 def train(
     cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
 ) -> Model:
-    """Fit, calibrate and save; returns the trained model."""
-    model = fit_calibrated(cfg, data, source)
+    """Fit, calibrate and save; returns the trained model (with LiteRT models in the bundle
+    where the detector exports them)."""
+    model = fit_calibrated(cfg, data, source, litert=True)
     bundle.save(model, model_dir)
     return model
 
@@ -54,7 +55,9 @@ def train_in_place(cfg: Config, data: Mapping[str, np.ndarray]) -> Model:
     return fit_calibrated(cfg, series, source="auto-train")
 
 
-def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None = None) -> Model:
+def fit_calibrated(
+    cfg: Config, data: Mapping[str, Series], source: str | None = None, litert: bool = False
+) -> Model:
     """Fit the configured detector and calibrate its thresholds on normal data.
 
     A model with shared weights (the LSTM-VAE) is fitted on the first part of each sensor's
@@ -62,7 +65,8 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
     its whole series and is calibrated on the same readings: exactly what the daemon's
     warm-up does, so ``train`` + ``replay`` and the warm-up give the same thresholds for the
     same readings. A sensor with too few readings, or one its detector cannot fit, is skipped
-    and reported; the others are trained.
+    and reported; the others are trained. With ``litert``, a detector that exports LiteRT
+    models (the LSTM-VAE) does, checked on the held-out calibration readings.
     """
     det = create(cfg.detector, cfg.windows.length)
     min_cal = det.window - 1 + MIN_SCORES
@@ -140,6 +144,11 @@ def fit_calibrated(cfg: Config, data: Mapping[str, Series], source: str | None =
         "last_ts": float(all_ts.max()),
         "source": source,
     }
+    export = getattr(det, "export_litert", None)
+    if litert and getattr(det, "exports_litert", False) and callable(export):
+        started = time.monotonic()
+        export(cal_part)
+        log.info("LiteRT export in %.1fs", time.monotonic() - started)
     report = getattr(det, "training_report", None)
     if callable(report) and (training := report()) is not None:
         trained_on["training"] = training

@@ -8,8 +8,10 @@ TensorFlow is hidden from a child interpreter by an import hook that raises
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +19,13 @@ from pathlib import Path
 import pytest
 
 HIDE_TF = """
+import os
 import sys
 
 class _NoTensorFlow:
-    HIDDEN = ("tensorflow", "tensorflow_probability", "tf_keras", "keras")
+    HIDDEN = ("tensorflow", "tensorflow_probability", "tf_keras", "keras") + tuple(
+        m for m in os.environ.get("HIDE_ALSO", "").split(",") if m
+    )
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.HIDDEN:
@@ -35,14 +40,16 @@ sys.exit(code)
 """
 
 
-def without_tf(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``streamwatch ARGS`` in a child interpreter that cannot import TensorFlow."""
+def without_tf(*args: str, cwd: Path, hide_also: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``streamwatch ARGS`` in a child interpreter that cannot import TensorFlow (nor the
+    modules named in ``hide_also``, comma-separated)."""
     return subprocess.run(
         [sys.executable, "-c", HIDE_TF, *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=cwd,
+        env={**os.environ, "HIDE_ALSO": hide_also},
     )
 
 
@@ -113,7 +120,8 @@ def test_a_tensorflow_detector_names_the_train_extra_in_one_line(
 def test_an_lstm_vae_bundle_replays_without_tensorflow_with_the_same_verdicts(
     tmp_path: Path, series_csv: Path
 ) -> None:
-    """Trained with TensorFlow, replayed on an install without it (numpy scoring): the same
+    """Trained with TensorFlow (which exports LiteRT models into the bundle), replayed on an
+    install without it, with LiteRT (where installed) and without (numpy scoring): the same
     alerts as TensorFlow gives."""
     from streamwatch.commands import main
 
@@ -131,13 +139,28 @@ def test_an_lstm_vae_bundle_replays_without_tensorflow_with_the_same_verdicts(
     tf_conf.write_text(conf.read_text() + '[engine]\ninference = "tensorflow"\n')
     replay = ["replay", "--data", str(series_csv), "--model-dir", str(bundle)]
     assert main([*replay, "--config", str(tf_conf), "--alerts-out", str(with_tf)]) == 0
-    r = without_tf(*replay, "--config", str(conf), "--alerts-out", str(no_tf), cwd=tmp_path)
+    r = without_tf(
+        *replay, "--config", str(conf), "--alerts-out", str(no_tf), cwd=tmp_path,
+        hide_also="ai_edge_litert",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    lite = tmp_path / "lite.jsonl"
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        assert manifest["litert"]["networks"]["shared"]["files"]
+        lite_conf = tmp_path / "lite.toml"
+        lite_conf.write_text(conf.read_text() + '[engine]\ninference = "litert"\n')
+        r = without_tf(
+            *replay, "--config", str(lite_conf), "--alerts-out", str(lite), cwd=tmp_path
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
 
     def verdicts(path: Path) -> list[tuple[str, str, float]]:
         events = map(json.loads, path.read_text().splitlines())
         return [(e["sensor"], e["state"], e["ts"]) for e in events]
 
     assert verdicts(no_tf) == verdicts(with_tf)
+    if lite.exists():
+        assert verdicts(lite) == verdicts(with_tf)
     raised = [float(t) for s, st, t in verdicts(no_tf) if (s, st) == ("a", "raised")]
     assert raised and 1_700_001_100.0 <= raised[0] < 1_700_001_110.0  # the spike's readings

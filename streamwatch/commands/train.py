@@ -89,7 +89,23 @@ def _summary(model: Any, model_dir: Path) -> int:
         f"pooled {t.pooled if t.pooled is None else f'{t.pooled:.4g}'}; saved to {model_dir}"
     )
     _plateau_warning(on.get("training"))
+    _litert_line(model.detector.litert_report)
     return EXIT_OK
+
+
+def _litert_line(report: Any) -> None:
+    """Say which networks were exported to LiteRT, and why any was refused."""
+    if not isinstance(report, dict):
+        return
+    for key, entry in sorted((report.get("networks") or {}).items()):
+        if entry.get("refused"):
+            print(f"LiteRT: network {key} not exported: {entry['refused']}")
+        else:
+            print(
+                f"LiteRT: network {key} exported (batch buckets {report.get('buckets')}; "
+                f"max relative score difference from TensorFlow {entry['max_rel_diff']:.2g} "
+                f"on {entry['windows']} held-out windows, tolerance {report.get('tolerance')})"
+            )
 
 
 def _plateau_warning(training: Any) -> None:

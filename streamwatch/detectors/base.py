@@ -65,9 +65,11 @@ class Detector(ABC):
         self.config = config
         self.window = 1 if self.kind == "reading" else window
         self.max_batch = 4096
+        """The most rows one :meth:`score` call gets (the engine sets it from its config)."""
         self.inference = "auto"
         """``engine.inference``: how a loaded bundle scores, where there is a choice."""
-        """The most rows one :meth:`score` call gets (the engine sets it from its config)."""
+        self.litert_report: dict[str, Any] | None = None
+        """The manifest's ``litert`` entry (exported LiteRT models and their check), if any."""
 
     # -- model ----------------------------------------------------------------------------
 

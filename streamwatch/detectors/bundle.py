@@ -9,6 +9,8 @@ Bundle layout (a directory, never a pickle)::
     sensors.json      per-sensor state: normalisation or fitted parameters
     thresholds.json   calibrated thresholds
     <weights>         detector-specific, e.g. shared.weights.npz for the LSTM-VAE (plain arrays)
+                      and, from `train`, shared.b<batch>.tflite (LiteRT, one per batch bucket;
+                      the manifest's ``litert`` entry says how they were checked)
 
 The manifest holds the model's hyper-parameters only (``detector.*`` of the config): runtime
 policy such as the warm-up length or auto-training is the running config's, never the
@@ -139,6 +141,8 @@ def _write(model: Model, path: Path) -> None:
         "versions": library_versions(det.uses_tensorflow),
         "files": {n: _sha256(path / n) for n in names},
     }
+    if det.litert_report is not None:
+        manifest["litert"] = det.litert_report
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     for f in path.iterdir():
         with f.open("rb") as fh:
@@ -225,6 +229,8 @@ def load(path: Path, expect: DetectorConfig | None = None, inference: str = "aut
         raise ModelError(f"{path / MANIFEST}: detector {name!r} but config type {config.type!r}")
     det = cls(config, window)
     det.inference = inference
+    litert = manifest.get("litert")
+    det.litert_report = litert if isinstance(litert, dict) else None
     try:
         det._restore_sensor_state(json.loads((path / SENSORS).read_text(encoding="utf-8")))
         thresholds = Thresholds.from_json(

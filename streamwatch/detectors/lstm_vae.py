@@ -46,6 +46,13 @@ reference the tests hold XLA to. On our model (2 CPUs) XLA is about 20-25% faste
 windows, about even to slower from 256, and about 20% slower at 4096
 (docs/performance-models.md).
 :meth:`LSTMVAEDetector.warm_up` traces and compiles every bucket ahead of the first windows.
+
+Other scorers (``engine.inference``). A bundle keeps every network's weights as plain arrays
+(``.npz``), which :mod:`streamwatch.detectors.lstm_numpy` scores without TensorFlow, and, from
+``streamwatch train``, LiteRT models of the same pass (:mod:`streamwatch.detectors.litert`,
+exported and checked against TensorFlow by :meth:`LSTMVAEDetector.export_litert`). ``auto``
+scores with LiteRT where the bundle has it and ``ai-edge-litert`` is installed, else with
+TensorFlow if installed, else with numpy.
 """
 
 from __future__ import annotations
@@ -55,15 +62,17 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from streamwatch.config import LSTMVAEConfig
-from streamwatch.detectors import lstm_numpy
+from streamwatch.detectors import litert, lstm_numpy
 from streamwatch.detectors.base import Detector, ModelError, NotTrained
 from streamwatch.detectors.gaussian import sigma_floor
+from streamwatch.detectors.litert import LiteNet
 from streamwatch.detectors.lstm_numpy import NumpyNet
+from streamwatch.tfquiet import filtered_native_stderr
 
 if TYPE_CHECKING:
     from streamwatch.detectors.lstm_vae_net import Net
@@ -80,6 +89,8 @@ XLA_MAX_BUCKET = 128
 """Larger buckets run in plain graph mode, which is faster there."""
 
 _MODEL_KEY = re.compile(r"^(shared|m[0-9]{1,6})$")
+LITERT_CHECK_WINDOWS = 4096
+"""Most held-out windows per network scored by both TensorFlow and LiteRT at export."""
 
 
 class LSTMVAEDetector(Detector):
@@ -89,12 +100,18 @@ class LSTMVAEDetector(Detector):
     kind = "window"
     shared_weights = True
     scores_without_tensorflow = True
+    exports_litert: ClassVar[bool] = True
+    """Whether ``train`` exports the networks to LiteRT (:meth:`export_litert`)."""
 
     def __init__(self, config: LSTMVAEConfig, window: int) -> None:
         super().__init__(config, window)
         self.cfg = config
         self.jit_compile = JIT_COMPILE_DEFAULT
-        self._nets: dict[str, Net | NumpyNet] = {}
+        self._nets: dict[str, Net | NumpyNet | LiteNet] = {}
+        self._litert: dict[str, dict[int, bytes]] = {}
+        """Per network: its LiteRT models by bucket (exported, or read from the bundle)."""
+        self._arrays: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        """Per LiteRT-scored network: its weight arrays and ε, to save the bundle again."""
         self._norm: dict[str, tuple[float, float]] = {}
         self._model_of: dict[str, str] = {}
         self.reports: dict[str, TrainReport] = {}
@@ -146,6 +163,7 @@ class LSTMVAEDetector(Detector):
             raise ValueError("no series to train on")
         norm = {s: _standardisation(s, v) for s, v in series.items()}
         self.reports = {}
+        self._litert, self.litert_report = {}, None
         splits = {s: self._split(s, v, norm[s]) for s, v in series.items()}
         if self.cfg.shared:
             train = np.concatenate([t for t, _ in splits.values()])
@@ -217,6 +235,8 @@ class LSTMVAEDetector(Detector):
         while (b := self._buckets(max(sizes) + 1)) not in sizes:
             sizes.add(b)
         for net in self._nets.values():
+            if isinstance(net, LiteNet):
+                continue  # built at load, nothing to trace
             for size in sorted(sizes):
                 self._run(net, np.zeros((size, self.window), np.float32))
 
@@ -226,9 +246,12 @@ class LSTMVAEDetector(Detector):
         v = np.asarray(x, dtype=np.float64).reshape(len(sensors), self.window)
         return ((v - mean[:, None]) / std[:, None]).astype(np.float32)
 
-    def _run(self, net: Net | NumpyNet, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, net: Net | NumpyNet | LiteNet, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-step NLL (B, W) and KL (B,) for standardised rows, in padded bucketed chunks
         (rows of several features, (B, W, F), give NLL (B, W, F))."""
+        if isinstance(net, LiteNet):
+            s, k = net(z)
+            return s.astype(np.float64), k.astype(np.float64)
         n = len(z)
         steps = np.empty(z.shape, np.float64)
         kl = np.empty(n, np.float64)
@@ -301,42 +324,119 @@ class LSTMVAEDetector(Detector):
         names = []
         for key, net in self._nets.items():
             name = self._weights_file(key)
-            if isinstance(net, NumpyNet):
-                lstm_numpy.save_npz(path / name, net.w, net.eps)
+            if isinstance(net, LiteNet):
+                weights, eps = self._arrays[key]
+            elif isinstance(net, NumpyNet):
+                weights, eps = net.w, net.eps
             else:
-                lstm_numpy.save_npz(path / name, lstm_numpy.keras_weights(net.vae), net.eps)
+                weights, eps = lstm_numpy.keras_weights(net.vae), net.eps
+            lstm_numpy.save_npz(path / name, weights, eps)
             names.append(name)
+            for bucket, content in sorted(self._litert.get(key, {}).items()):
+                (path / litert.file_name(key, bucket)).write_bytes(content)
+                names.append(litert.file_name(key, bucket))
         return names
 
-    def _use_tensorflow(self) -> bool:
-        if self.inference == "numpy":
-            return False
-        if self.inference == "tensorflow":
-            return True
+    # -- LiteRT ----------------------------------------------------------------------------
+
+    def _held_out_windows(self, key: str, series: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Standardised windows of the held-out ``series`` of the sensors network ``key``
+        serves, at most :data:`LITERT_CHECK_WINDOWS` of them, evenly spaced."""
+        parts = [
+            self._standardise([s] * len(w), w)
+            for s, v in series.items()
+            if self._key_for(s) == key and s in self._norm
+            for w in [self.windows_of(np.asarray(v, np.float64))]
+            if len(w)
+        ]
+        if not parts:
+            return np.empty((0, self.window), np.float32)
+        z = np.concatenate(parts)
+        if len(z) > LITERT_CHECK_WINDOWS:
+            z = z[np.linspace(0, len(z) - 1, LITERT_CHECK_WINDOWS).round().astype(int)]
+        return z
+
+    def export_litert(
+        self, series: Mapping[str, np.ndarray], buckets: Sequence[int] = litert.BUCKETS
+    ) -> dict[str, Any]:
+        """Export every network trained here to LiteRT (one model per bucket), checked on the
+        held-out windows of ``series`` (raw values per sensor, not trained on): a network's
+        models are kept only if LiteRT's scores agree with TensorFlow's within
+        :data:`litert.TOLERANCE`; a refused or failed export is logged and said in the
+        report, and that network scores without LiteRT. Returns the manifest's ``litert``
+        entry (also :attr:`litert_report`). Needs TensorFlow."""
+        from streamwatch.detectors import litert_export
+
+        self._litert, self.litert_report = litert_export.export(
+            self._nets, lambda key: self._held_out_windows(key, series), self.window, buckets
+        )
+        return self.litert_report
+
+    def _litert_buckets(self, key: str) -> list[int] | None:
+        """The buckets of network ``key``'s LiteRT models in the loaded bundle (None: none,
+        or refused at export)."""
+        report = self.litert_report or {}
+        entry = (report.get("networks") or {}).get(key)
+        if not isinstance(entry, dict) or entry.get("refused") or not entry.get("files"):
+            return None
+        buckets = [int(b) for b in report.get("buckets") or []]
+        if [litert.file_name(key, b) for b in buckets] != list(entry["files"]):
+            raise ValueError(f"manifest: network {key}: LiteRT files do not match its buckets")
+        return buckets
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _scorer_kind(self, has_litert: bool) -> str:
+        """How a network scores under ``engine.inference``: litert, numpy or tensorflow."""
+        if self.inference == "litert":
+            if not litert.installed():
+                raise ModelError(
+                    f"engine.inference = 'litert' needs ai-edge-litert: {litert.LITERT_EXTRA}"
+                )
+            return "litert" if has_litert else "numpy"
+        if self.inference in ("numpy", "tensorflow"):
+            return self.inference
+        if has_litert and litert.installed():
+            return "litert"
         from streamwatch.tfquiet import tensorflow_installed
 
-        return tensorflow_installed()
+        return "tensorflow" if tensorflow_installed() else "numpy"
 
     def _load_weights(self, path: Path) -> None:
-        # Weights only (arrays into a model built here from the config): nothing in the model
-        # directory is ever executed. Bundles before the .npz weights hold Keras HDF5 files.
+        # Weights only (arrays into a model built here from the config, or LiteRT
+        # flatbuffers of builtin ops): nothing in the model directory is ever executed as
+        # code. Bundles before the .npz weights hold Keras HDF5 files.
         keys = sorted(set(self._model_of.values()))
         if not keys:
             raise ValueError("no sensors and no model in the bundle")
-        tf = self._use_tensorflow()
-        self._nets = {}
+        self._nets, self._litert, self._arrays = {}, {}, {}
         for key in keys:
+            buckets = self._litert_buckets(key)
+            if buckets:
+                self._litert[key] = {
+                    b: (path / litert.file_name(key, b)).read_bytes() for b in buckets
+                }
+            kind = self._scorer_kind(bool(buckets))
+            if self.inference == "litert" and not buckets:
+                log.warning("%s: network %s has no LiteRT model; scoring it with numpy", path, key)
             npz, h5 = path / self._weights_file(key), path / f"{key}.weights.h5"
-            if not npz.exists() and not tf:
+            if not npz.exists() and kind != "tensorflow":
                 raise ModelError(
                     f"{path}: {h5.name} needs TensorFlow to read (a bundle from before numpy "
                     "scoring): retrain it with `streamwatch train`, or install TensorFlow"
                 )
-            if not tf:
+            if kind == "litert":
+                self._arrays[key] = lstm_numpy.load_npz(npz)
+                with filtered_native_stderr():
+                    self._nets[key] = LiteNet(self._litert[key], self.window)
+                continue
+            if kind == "numpy":
                 self._nets[key] = NumpyNet.load(npz, self.window)
                 continue
             from streamwatch.detectors.lstm_vae_net import Net
+            from streamwatch.tfquiet import import_tensorflow
 
+            import_tensorflow(self.name)  # quietly, if nothing imported it yet
             net = Net(self.cfg, self.window, self.cfg.seed)
             if npz.exists():
                 arrays, _ = lstm_numpy.load_npz(npz)
@@ -344,6 +444,20 @@ class LSTMVAEDetector(Detector):
             else:
                 net.vae.load_weights(h5)
             self._nets[key] = net
+        log.info("%s: %s scores with %s", path, self.name, self.scoring_with)
+
+    @property
+    def scoring_with(self) -> str:
+        """What scores the loaded networks: litert, numpy, tensorflow, or a mix (a+b)."""
+        kinds = {
+            "litert"
+            if isinstance(n, LiteNet)
+            else "numpy"
+            if isinstance(n, NumpyNet)
+            else "tensorflow"
+            for n in self._nets.values()
+        }
+        return "+".join(sorted(kinds)) or "none"
 
 
 def _standardisation(sensor: str, values: np.ndarray) -> tuple[float, float]:

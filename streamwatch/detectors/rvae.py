@@ -11,6 +11,11 @@ Each member is standardised per group (its normal mean and std; a missing value,
 member's mean, 0). With ``shared`` (the default) one network per member count serves every
 group with that many members (SKAB's 16 experiments share one); else one per group.
 
+``streamwatch train`` exports each network to LiteRT as it does the LSTM-VAE's (unrolled,
+one model per batch bucket, checked against TensorFlow on the held-out steps); a loaded bundle
+scores with them where ``ai-edge-litert`` is installed (``engine.inference`` auto or litert),
+else with TensorFlow (there is no numpy twin for several members).
+
 Score (``score``): ``elbo``, the negative ELBO (reconstruction NLL of the window decoded from
 the posterior mean + KL); ``reconstruction``, the NLL alone; ``latent``, the KL alone: how
 far the encoder must move from the prior to explain the window. :meth:`parts` gives the two
@@ -30,11 +35,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from streamwatch.config import DetectorConfig, RVAEConfig
-from streamwatch.detectors import lstm_numpy
-from streamwatch.detectors.base import NotTrained
+from streamwatch.detectors import litert, lstm_numpy
+from streamwatch.detectors.base import ModelError, NotTrained
+from streamwatch.detectors.litert import LiteNet
 from streamwatch.detectors.lstm_vae import LSTMVAEDetector
 from streamwatch.detectors.lstm_vae_net import Net
 from streamwatch.detectors.lstm_vae_train import Trainer
+from streamwatch.tfquiet import filtered_native_stderr, import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,7 @@ class RVAEDetector(LSTMVAEDetector):
             keys[g] = self._shared_key(v.shape[1]) if self.rcfg.shared else f"g{i}"
         self.reports = {}
         self._nets = {}
+        self._litert, self.litert_report = {}, None
         for n, key in enumerate(sorted(set(keys.values()))):
             train, val = [], []
             for g in sorted(g for g in keys if keys[g] == key):
@@ -154,6 +162,8 @@ class RVAEDetector(LSTMVAEDetector):
         while (b := self._buckets(max(sizes) + 1)) not in sizes:
             sizes.add(b)
         for net in self._nets.values():
+            if isinstance(net, LiteNet):
+                continue  # built at load, nothing to trace
             shape = (self.window,) if net.features == 1 else (self.window, net.features)
             for size in sorted(sizes):
                 self._run(net, np.zeros((size, *shape), np.float32))
@@ -253,15 +263,54 @@ class RVAEDetector(LSTMVAEDetector):
             self._normal_nll[g] = normal
             self._model_of[g] = key
 
+    def _held_out_windows(self, key: str, series: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Standardised windows of the held-out steps of the groups network ``key`` serves
+        (as :meth:`_terms` standardises them), at most LITERT_CHECK_WINDOWS."""
+        from streamwatch.detectors.lstm_vae import LITERT_CHECK_WINDOWS
+
+        parts = []
+        for g, v in series.items():
+            if self._model_of.get(g) != key or g not in self._mnorm:
+                continue
+            w = self.windows_of(_as_steps(v))
+            if len(w):
+                mean, std = self._mnorm[g]
+                z = np.where(np.isfinite(w), (w - mean) / std, 0.0).astype(np.float32)
+                parts.append(z[:, :, 0] if z.shape[2] == 1 else z)
+        if not parts:
+            return np.empty((0, self.window), np.float32)
+        z = np.concatenate(parts)
+        if len(z) > LITERT_CHECK_WINDOWS:
+            z = z[np.linspace(0, len(z) - 1, LITERT_CHECK_WINDOWS).round().astype(int)]
+        return z
+
     def _load_weights(self, path: Path) -> None:
-        # Weights only (plain .npz arrays into networks built here from the config).
+        # Weights only (plain .npz arrays into networks built here from the config, or LiteRT
+        # flatbuffers of builtin ops). No numpy twin: LiteRT where the bundle has it and
+        # engine.inference allows it, else TensorFlow.
         features: dict[str, int] = {}
         for g, key in self._model_of.items():
             features.setdefault(key, self._mnorm[g][0].size)
         if not features:
             raise ValueError("no groups and no network in the bundle")
-        self._nets = {}
+        self._nets, self._litert, self._arrays = {}, {}, {}
+        lite_ok = self.inference in ("auto", "litert") and litert.installed()
+        if self.inference == "litert" and not lite_ok:
+            raise ModelError(
+                f"engine.inference = 'litert' needs ai-edge-litert: {litert.LITERT_EXTRA}"
+            )
         for n, (key, f) in enumerate(sorted(features.items())):
+            buckets = self._litert_buckets(key)
+            if buckets:
+                self._litert[key] = {
+                    b: (path / litert.file_name(key, b)).read_bytes() for b in buckets
+                }
+            if buckets and lite_ok:
+                self._arrays[key] = lstm_numpy.load_npz(path / self._weights_file(key))
+                with filtered_native_stderr():
+                    self._nets[key] = LiteNet(self._litert[key], self.window, f)
+                continue
+            import_tensorflow(self.name)  # quietly, if nothing imported it yet
             net = Net(self.rcfg, self.window, self.rcfg.seed + n, f)
             arrays, _ = lstm_numpy.load_npz(path / self._weights_file(key))
             net.vae.set_weights([arrays[name] for name in lstm_numpy.WEIGHT_NAMES])
