@@ -290,13 +290,20 @@ def subscriber_main(args: argparse.Namespace) -> int:
     if not subscribed.wait(10):
         return 1
     print("ready", flush=True)
+    cpu0 = time.process_time()
     idle_limit = float(args.idle)
     while count[0] < expect:
         time.sleep(0.05)
         if first[0] and time.time() - last[0] > idle_limit:
             break
     lag = np.percentile(lags, [50, 99]) * 1000 if lags else [math.nan, math.nan]
-    doc = {"count": count[0], "t_first": first[0], "t_last": last[0], "lag_ms": list(lag)}
+    doc = {
+        "count": count[0],
+        "t_first": first[0],
+        "t_last": last[0],
+        "lag_ms": list(lag),
+        "cpu_s": time.process_time() - cpu0,
+    }
     print(json.dumps(doc), flush=True)
     client.disconnect()
     client.loop_stop()
@@ -462,6 +469,7 @@ def ceiling_trial(port: int, feed: Feed, rate: float, idle: float) -> dict[str, 
         "seconds": span,
         "publish_s": p["t_sent"] - p["t0"],
         "kept_up_s": s["t_last"] - p["t_sent"],
+        "cpu_us_per_message": s["cpu_s"] / max(feed.messages, 1) * 1e6,
     }
 
 

@@ -64,6 +64,9 @@ class _AckRecorder:
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append(mid)
 
+    def ack_many(self, mids: list[int]) -> None:
+        self.acks.extend(mids)
+
 
 @dataclass
 class Pipeline:

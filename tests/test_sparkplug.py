@@ -443,6 +443,9 @@ class _Client:
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append(mid)
 
+    def ack_many(self, mids: list[int]) -> None:
+        self.acks.extend(mids)
+
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         self.published.append((topic, payload, qos))
 

@@ -34,6 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
 from streamwatch.control.commands import CommandRequest, request
+from streamwatch.ingest.fastpaho import FastClient
 from streamwatch.ingest.link import AcceptGate
 from streamwatch.ingest.parse import Reading, Silence, parse
 from streamwatch.ingest.sparkplug import SparkplugDecoder, is_sparkplug
@@ -105,7 +106,7 @@ class MQTTLink(AcceptGate):
         self._connack = False
         """Whether the broker answered this connection attempt with a CONNACK."""
         v5 = cfg.protocol == "5"
-        self.client = mqtt.Client(
+        self.client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -213,15 +214,14 @@ class MQTTLink(AcceptGate):
     def ack(self, tokens: Sequence[AckToken]) -> None:
         """Acknowledge messages the worker is done with, in the order they arrived (MQTT
         wants PUBACKs in order). A message received on an earlier connection is left alone:
-        the broker has already resent it on this one, and it is taken (as a duplicate) again."""
+        the broker has already resent it on this one, and it is taken (as a duplicate) again.
+        The PUBACKs leave as one write."""
         current = self._connections
-        for conn, mid, qos in tokens:
-            if conn != current:
-                continue
-            try:
-                self.client.ack(mid, qos)
-            except Exception:
-                _limited.log(logging.ERROR, "ack", "cannot acknowledge message %s", mid)
+        mids = [mid for conn, mid, _ in tokens if conn == current]
+        try:
+            self.client.ack_many(mids)
+        except Exception:
+            _limited.log(logging.ERROR, "ack", "cannot acknowledge %d message(s)", len(mids))
 
     # -- paho callbacks (network thread: never raise, never block) ------------------------
 
