@@ -21,10 +21,12 @@ from typing import Any, Protocol
 
 from streamwatch.config import Config
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import Raw
 from streamwatch.outputs.metrics import Metrics
 
-HandOff = Callable[[Sequence[Reading], float, Any], object]
-"""The worker's queue: (readings or a marker, arrival time, acknowledgement token or None)."""
+HandOff = Callable[[Sequence[Reading] | Raw, float, Any], object]
+"""The worker's queue: (readings, a marker or an undecoded message, arrival time,
+acknowledgement token or None)."""
 
 
 class AcceptGate:

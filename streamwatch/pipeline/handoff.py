@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import Handed, Queued, Raw
 
 Item = tuple[Sequence[Reading], float]
 """A message's readings and the wall-clock time it arrived (what the engine takes)."""
-Queued = tuple[Sequence[Reading], float, Any]
-"""An item and its acknowledgement token (None: nothing to acknowledge, e.g. QoS 0)."""
+__all__ = ["Handed", "Handoff", "Item", "Queued"]
 
 LINGER_S = 0.002
 """How long the worker waits for a fuller batch once a message is in (see :class:`Handoff`)."""
@@ -43,7 +43,7 @@ class Handoff:
         self.max_readings = max_readings
         self.linger_s = linger_s
         self.batch_hint = batch_hint
-        self._items: deque[Queued] = deque()
+        self._items: deque[Handed] = deque()
         self._count = 0
         self._cond = threading.Condition()
         self._wake_at = _NEVER
@@ -53,9 +53,9 @@ class Handoff:
     def __len__(self) -> int:
         return self._count
 
-    def put(self, readings: Sequence[Reading], arrived: float, token: Any = None) -> int:
-        """Queue one message's readings (and its acknowledgement token); returns how many old
-        readings were shed for it."""
+    def put(self, readings: Sequence[Reading] | Raw, arrived: float, token: Any = None) -> int:
+        """Queue one message's readings, or the message undecoded (counted as one reading),
+        and its acknowledgement token; returns how many old readings were shed for it."""
         shed = 0
         with self._cond:
             self._items.append((readings, arrived, token))
@@ -71,7 +71,7 @@ class Handoff:
                 self._cond.notify()
         return shed
 
-    def drain(self, timeout: float) -> list[Queued]:
+    def drain(self, timeout: float) -> list[Handed]:
         """Everything waiting, after waiting up to ``timeout`` seconds for anything (and then
         up to ``linger_s`` for a fuller batch; never with ``timeout`` 0)."""
         with self._cond:
