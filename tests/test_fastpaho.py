@@ -131,3 +131,22 @@ def test_ack_many_writes_what_stock_acks_write() -> None:
 
     assert written(at_once) == written(one_by_one)
     assert written(lambda c: c.ack_many([])) == b""
+
+
+def test_per_topic_callbacks_still_get_their_messages() -> None:
+    c = FastClient(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    c._sock = ours
+    c._sockpairR, c._sockpairW = socket.socketpair()
+    c._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    general: list[str] = []
+    special: list[str] = []
+    c.on_message = lambda cl, u, m: general.append(m.topic)
+    c.message_callback_add("special/#", lambda cl, u, m: special.append(m.topic))
+    theirs.sendall(publish(b"special/a", b"1", 0, 0) + publish(b"plain/b", b"2", 0, 0))
+    while _readable(ours):
+        c._loop(0.01)
+    for s in (ours, theirs, c._sockpairR, c._sockpairW):
+        s.close()
+    assert special == ["special/a"] and general == ["plain/b"]

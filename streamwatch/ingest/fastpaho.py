@@ -10,7 +10,8 @@ Stock paho builds a ``Properties`` object for every MQTT 5 PUBLISH, properties o
 its decode time). For a QoS 0 or 1 PUBLISH that carries none, :class:`FastClient` decodes the
 topic, packet id and payload itself and leaves ``message.properties`` None; anything else
 (properties, QoS 2, MQTT 3.1.1) takes paho's own path. paho's debug line per PUBLISH is not
-written on the fast path.
+written on the fast path, and without per-topic callbacks (``message_callback_add``) the
+message goes straight to ``on_message``.
 
 Stock paho also queues each acknowledgement as its own packet, with a wake-up write to its
 socket pair and a ``send`` per PUBACK. :meth:`FastClient.ack_many` queues the PUBACKs of a
@@ -38,6 +39,28 @@ READ_SIZE = 65536
 _PUBACK = struct.Struct("!BBH")
 
 
+class _Received(MQTTMessage):
+    """A received message, without the delivery tracker (``info``: a lock and a condition)
+    that only messages this client publishes use."""
+
+    def __init__(
+        self, mid: int, topic: bytes, payload: bytes, qos: int, dup: bool, retain: bool
+    ) -> None:
+        self.timestamp = _now()
+        self.state = mqtt.mqtt_ms_invalid
+        self.dup = dup
+        self.mid = mid
+        self._topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.info = _NO_INFO
+        self.properties = None
+
+
+_NO_INFO = mqtt.MQTTMessageInfo(0)
+
+
 class FastClient(mqtt.Client):
     """A paho client with buffered reads and batched acknowledgements (see the module)."""
 
@@ -47,6 +70,13 @@ class FastClient(mqtt.Client):
         self._rpos = 0
         self._rsock: object = None
         self._refill = True
+        self._filtered = False
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        """paho's, noting that per-topic callbacks are in use (the fast path then defers to
+        paho's dispatch)."""
+        self._filtered = True
+        super().message_callback_add(sub, callback)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._sock is not self._rsock:  # a new connection: nothing buffered is its
@@ -105,13 +135,26 @@ class FastClient(mqtt.Client):
             pos += 2
         if pos >= n or packet[pos] != 0:  # no room for the property length, or properties
             return super()._handle_publish()
-        message = MQTTMessage(mid, bytes(packet[2:end]))
-        message.dup = bool(header & 0x08)
-        message.qos = qos
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(packet[pos + 1 :])
-        message.timestamp = _now()
-        self._handle_on_message(message)
+        message = _Received(
+            mid,
+            bytes(packet[2:end]),
+            bytes(packet[pos + 1 :]),
+            qos,
+            bool(header & 0x08),
+            bool(header & 0x01),
+        )
+        on_message = self.on_message
+        if self._filtered or on_message is None:
+            self._handle_on_message(message)
+        else:
+            # paho's _handle_on_message without the per-topic callback lookup (none added).
+            with self._in_callback_mutex:
+                try:
+                    on_message(self, self._userdata, message)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
         if qos and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
