@@ -478,9 +478,26 @@ def ceiling_trial(port: int, feed: Feed, rate: float, idle: float) -> dict[str, 
 _SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
 
+_SCRAPED = (
+    "streamwatch_readings_total",
+    "streamwatch_rejected_total",
+    "streamwatch_readings_shed_total",
+    "streamwatch_windows_scored_total",
+    "streamwatch_queue_readings",
+    "streamwatch_worker_heartbeat_timestamp_seconds",
+    "streamwatch_alerts_raised_total",
+)
+_SCRAPE_QUERY = "&".join(f"name[]={n}" for n in _SCRAPED)
+
+
 def scrape(port: int) -> dict[str, float]:
-    """Sums of the daemon's counters that account for every reading, plus a few gauges."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    """Sums of the daemon's counters that account for every reading, plus a few gauges.
+
+    Only these families are asked for (``?name[]=``): a full scrape of 1,000 sensors takes
+    the daemon's GIL for about 100 ms of CPU here, which at two polls a second taxed the
+    daemon (and not the bare subscriber it is compared with) by a fifth of its time."""
+    url = f"http://127.0.0.1:{port}/metrics?{_SCRAPE_QUERY}"
+    with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
     out = {
         "readings": 0.0,
@@ -515,7 +532,8 @@ _BUCKET = re.compile(r'^streamwatch_processing_latency_seconds_bucket\{le="([^"]
 
 def latency_buckets(port: int) -> list[tuple[float, float]]:
     """The daemon's reading-arrival-to-verdict histogram: cumulative (le, count) pairs."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    url = f"http://127.0.0.1:{port}/metrics?name[]=streamwatch_processing_latency_seconds_bucket"
+    with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
     out = []
     for line in text.splitlines():
