@@ -132,3 +132,24 @@ def test_a_batch_keeps_order_tokens_and_markers() -> None:
     assert rejected == {parse.NON_NUMERIC: 1}
     assert example == ("sensors/b", [parse.NON_NUMERIC])
     assert errors == 0
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    batch=st.lists(
+        st.fixed_dictionaries({"value": _numbers}, optional={"ts": _numbers}), max_size=6
+    ),
+    max_batch=st.sampled_from([3, 10_000]),
+)
+def test_any_batch_decodes_as_the_parser_does(
+    batch: list[dict[str, object]], max_batch: int
+) -> None:
+    payload = json.dumps(batch, allow_nan=True).encode()
+    same("sensors/d", payload, PayloadConfig(max_batch=max_batch))
+
+
+def test_an_all_good_batch_takes_the_inline_path() -> None:
+    payload = json.dumps([{"value": i / 3, "ts": NOW - 10 + i} for i in range(50)]).encode()
+    got = RawDecoder(CFG)._json("d", payload, NOW)
+    assert got is not None and len(got) == 50
+    same("sensors/d", payload)

@@ -23,11 +23,6 @@ from typing import Any, Final
 
 from streamwatch.config import PayloadConfig
 
-try:
-    from orjson import loads as _orjson_loads
-except ImportError:  # optional: the standard library decodes the same documents, slower
-    _orjson_loads = None
-
 # Rejection reasons. These are metric label values: keep them stable.
 UNDECODABLE: Final = "undecodable"
 OVERSIZE: Final = "oversize"
@@ -94,18 +89,6 @@ class Decoded:
 
     readings: list[Reading] = field(default_factory=list)
     rejects: list[str] = field(default_factory=list)
-
-
-def loads(text: str) -> Any:
-    """``json.loads``, through orjson where it is installed. What orjson refuses and ``json``
-    takes (``NaN``, ``Infinity``, numbers past a double, lone surrogates) goes to ``json``, so
-    the same documents decode either way."""
-    if _orjson_loads is not None:
-        try:
-            return _orjson_loads(text)
-        except ValueError:
-            pass
-    return json.loads(text)
 
 
 def sensor_id(topic: str, prefix: str) -> str | None:
@@ -222,7 +205,7 @@ def parse(topic: str, payload: bytes, now: float, cfg: PayloadConfig) -> Decoded
             out.readings.append(Reading(sensor, now, n))
         return out
     try:
-        obj = loads(stripped)
+        obj = json.loads(stripped)
     except (ValueError, RecursionError):
         out.rejects.append(UNDECODABLE)
         return out

@@ -2,20 +2,22 @@
 
 paho's network thread only wraps a sensor message as :class:`Raw` and queues it; the worker
 decodes everything it drained in one pass (:func:`decode_raw`). The common shapes (a bare
-number; an object with a numeric value and a numeric timestamp in range) are decoded inline;
+number; an object with a numeric value and a numeric timestamp in range, or an array of such
+objects) are decoded inline;
 anything else goes through :func:`streamwatch.ingest.parse.parse`, the reference, so the
 readings and rejection reasons are the same either way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from streamwatch.config import PayloadConfig
-from streamwatch.ingest.parse import Reading, loads, parse, sensor_id
+from streamwatch.ingest.parse import Reading, parse, sensor_id
 from streamwatch.logutil import RateLimited
 
 if TYPE_CHECKING:
@@ -76,11 +78,11 @@ class RawDecoder:
         sensor = self.sensor(raw.topic)
         if sensor is not None and 0 < len(payload) <= cfg.max_bytes:
             first = payload[0]
-            if first == 0x7B:  # "{": the usual object
-                r = self._object(sensor, payload, now)
-                if r is not None:
-                    return [r]
-            elif first != 0x5B:  # not "[": perhaps a bare number
+            if first == 0x7B or first == 0x5B:  # "{" or "[": an object, or a batch of them
+                rs = self._json(sensor, payload, now)
+                if rs is not None:
+                    return rs
+            else:  # perhaps a bare number
                 try:
                     v = float(payload)
                 except ValueError:
@@ -92,33 +94,41 @@ class RawDecoder:
         rejects += out.rejects
         return out.readings
 
-    def _object(self, sensor: str, payload: bytes, now: float) -> Reading | None:
-        """``{"value": <number>, "ts": <seconds>}`` and like, or None for parse() to judge."""
+    def _json(self, sensor: str, payload: bytes, now: float) -> list[Reading] | None:
+        """The readings of ``{"value": <number>, "ts": <seconds>}`` or a batch (array) of such
+        objects, all in range; None for parse() to judge anything else (and give reasons)."""
         cfg = self.cfg
         try:
-            obj: Any = loads(payload.decode("utf-8"))
+            doc: Any = json.loads(payload.decode("utf-8"))
         except (ValueError, RecursionError):
             return None
-        if obj.__class__ is not dict:
+        if doc.__class__ is dict:
+            objs = [doc]
+        elif doc.__class__ is list and 0 < len(doc) <= cfg.max_batch:
+            objs = doc
+        else:
             return None
-        v = obj.get(cfg.value_field)
-        ts = obj.get(cfg.timestamp_field)
-        if (v.__class__ is not float and v.__class__ is not int) or (
-            ts.__class__ is not float and ts.__class__ is not int
-        ):
-            return None
-        try:
-            value = float(v)
-            t = float(ts)
-        except OverflowError:
-            return None
-        if not (
-            math.isfinite(value)
-            and abs(t) < 1e11
-            and now - cfg.max_age_s <= t <= now + cfg.max_future_s
-        ):
-            return None
-        return Reading(sensor, t, value)
+        vf, tf = cfg.value_field, cfg.timestamp_field
+        lo, hi = now - cfg.max_age_s, now + cfg.max_future_s
+        out = []
+        for obj in objs:
+            if obj.__class__ is not dict:
+                return None
+            v = obj.get(vf)
+            ts = obj.get(tf)
+            if (v.__class__ is not float and v.__class__ is not int) or (
+                ts.__class__ is not float and ts.__class__ is not int
+            ):
+                return None
+            try:
+                value = float(v)
+                t = float(ts)
+            except OverflowError:
+                return None
+            if not (math.isfinite(value) and abs(t) < 1e11 and lo <= t <= hi):
+                return None
+            out.append(Reading(sensor, t, value))
+        return out
 
     def decode_batch(self, items: list[Handed], metrics: Metrics) -> list[Queued]:
         """Decode a drained batch (:func:`decode_raw`); count what was rejected, once per
