@@ -153,3 +153,10 @@ def test_an_all_good_batch_takes_the_inline_path() -> None:
     got = RawDecoder(CFG)._json("d", payload, NOW)
     assert got is not None and len(got) == 50
     same("sensors/d", payload)
+
+
+def test_an_undecoded_message_counts_as_the_readings_it_likely_holds() -> None:
+    assert len(Raw("sensors/a", b"21.5")) == 1
+    assert len(Raw("sensors/a", b'{"value": 1}')) == 1
+    assert len(Raw("sensors/a", b'[{"value": 1, "ts": 1}, {"value": 2, "ts": 2}]')) == 2
+    assert len(Raw("sensors/a", b"[1, 2, 3]")) == 1

@@ -37,17 +37,19 @@ _TOPICS_MAX = 100_000
 
 
 class Raw:
-    """One message's topic and payload, not decoded yet. Counts as one reading in the
-    hand-off (its bound and batching hint) until the worker decodes it."""
+    """One message's topic and payload, not decoded yet. Until the worker decodes it, the
+    hand-off (its bound, shedding and batching hint) counts it as the readings it likely
+    holds: one, or for a JSON array the objects in it."""
 
-    __slots__ = ("payload", "topic")
+    __slots__ = ("payload", "topic", "weight")
 
     def __init__(self, topic: str, payload: bytes) -> None:
         self.topic = topic
         self.payload = payload
+        self.weight = (payload.count(b"{") or 1) if payload.startswith(b"[") else 1
 
     def __len__(self) -> int:
-        return 1
+        return self.weight
 
     def __repr__(self) -> str:
         return f"Raw({self.topic!r}, {self.payload!r})"

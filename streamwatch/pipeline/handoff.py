@@ -45,7 +45,10 @@ class Handoff:
         self.batch_hint = batch_hint
         self._items: deque[Handed] = deque()
         self._count = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        """Waited on by the worker; ``put`` takes the bare lock (Condition's ``with`` is two
+        Python-level calls per message)."""
         self._wake_at = _NEVER
         """``put`` notifies once this many readings wait (1 while the worker waits idle)."""
         self.shed = 0
@@ -57,7 +60,7 @@ class Handoff:
         """Queue one message's readings, or the message undecoded (counted as one reading),
         and its acknowledgement token; returns how many old readings were shed for it."""
         shed = 0
-        with self._cond:
+        with self._lock:
             self._items.append((readings, arrived, token))
             self._count += len(readings)
             items = self._items
