@@ -1371,12 +1371,13 @@ def main() -> int:
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         text = markdown(report, command)
-        # Keep the section bench/ack_compare.py writes (between its markers).
+        # Keep the sections written by hand or by other scripts (between their markers).
         old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
-        begin, end = "<!-- ack_compare -->", "<!-- /ack_compare -->"
-        if begin in old and end in old:
-            keep = old[old.index(begin) : old.index(end) + len(end)]
-            text = text.replace("\n## Trials\n", f"\n{keep}\n\n## Trials\n", 1)
+        for mark in ("issue15", "ack_compare"):
+            begin, end = f"<!-- {mark} -->", f"<!-- /{mark} -->"
+            if begin in old and end in old:
+                keep = old[old.index(begin) : old.index(end) + len(end)]
+                text = text.replace("\n## Trials\n", f"\n{keep}\n\n## Trials\n", 1)
         args.write.write_text(text)
     for row in report["figures"]:
         met = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
