@@ -34,6 +34,7 @@ from streamwatch.control.state import ControlState
 from streamwatch.detectors import bundle
 from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.link import Link, Partitioned, make_link
+from streamwatch.ingest.raw import RawDecoder
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs import httpd, live
 from streamwatch.outputs.metrics import Metrics
@@ -112,6 +113,8 @@ class Daemon:
         self.metrics = Metrics(self.registry, cfg.metrics.max_sensor_labels)
         self.on_alert = on_alert
         self.handoff = Handoff(cfg.engine.queue_readings)
+        self._raw = RawDecoder(cfg.payload)
+        """Decodes the messages the link handed over undecoded (worker thread)."""
         # The link first: a missing secret or TLS file is reported before the model loads.
         self.link: Link = make_link(cfg, self.metrics, self.handoff.put)
         model, source = build_model(cfg)
@@ -472,7 +475,9 @@ class Daemon:
             self._warm.set()
             while True:
                 stopping = self._stop.is_set()
-                items = self.handoff.drain(0 if stopping else 0.2)
+                items = self._raw.decode_batch(
+                    self.handoff.drain(0 if stopping else 0.2), self.metrics
+                )
                 if not items and self._held:
                     self._process([])  # retry the outbox write that held these back
                 for part in _slices(items, SLICE_READINGS):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -146,7 +148,7 @@ def test_handoff_sheds_oldest_when_full() -> None:
         h.put([Reading("a", float(i * 4 + j), 0.0) for j in range(4)], 0.0)
     assert len(h) <= 10 and h.shed == 12
     items = h.drain(0)
-    assert next(r.ts for rs, *_ in items for r in rs) == 12.0  # the oldest went first
+    assert next(r.ts for rs, *_ in items for r in cast(list[Reading], rs)) == 12.0  # oldest went
     assert len(h) == 0
 
 

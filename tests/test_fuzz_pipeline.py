@@ -27,6 +27,7 @@ from streamwatch.config import Config, from_mapping
 from streamwatch.ingest import parse
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import RawDecoder
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.engine import Engine
@@ -64,6 +65,9 @@ class _AckRecorder:
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append(mid)
 
+    def ack_many(self, mids: list[int]) -> None:
+        self.acks.extend(mids)
+
 
 @dataclass
 class Pipeline:
@@ -79,6 +83,7 @@ class Pipeline:
         self.link = MQTTLink(self.cfg.mqtt, self.cfg.payload, self.metrics, self.handoff.put)
         self.client = _AckRecorder()
         self.link.client = self.client  # type: ignore[assignment]
+        self.decoder = RawDecoder(self.cfg.payload)
         self.mid = 0
         self.handed = 0
 
@@ -87,13 +92,12 @@ class Pipeline:
         msg = mqtt.MQTTMessage(self.mid, topic)
         msg.payload = payload
         msg.qos = 1
-        before = len(self.handoff)
         self.link._on_message(self.client, None, msg)  # type: ignore[arg-type]
-        self.handed += len(self.handoff) - before
 
     def drain(self) -> None:
-        """What the daemon's worker does: score, then acknowledge what was scored."""
-        items = self.handoff.drain(0)
+        """What the daemon's worker does: decode, score, then acknowledge what was scored."""
+        items = self.decoder.decode_batch(self.handoff.drain(0), self.metrics)
+        self.handed += sum(len(readings) for readings, *_ in items)
         self.engine.process(items)
         self.link.ack([tok for *_, tok in items if tok is not None])
 

@@ -20,6 +20,7 @@ from streamwatch.ingest import sparkplug as sp
 from streamwatch.ingest import spb_payload as spb
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading, Silence
+from streamwatch.ingest.raw import RawDecoder
 from streamwatch.outputs.metrics import Metrics
 from streamwatch.pipeline.engine import Engine
 from streamwatch.pipeline.handoff import Handoff
@@ -443,6 +444,9 @@ class _Client:
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append(mid)
 
+    def ack_many(self, mids: list[int]) -> None:
+        self.acks.extend(mids)
+
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         self.published.append((topic, payload, qos))
 
@@ -476,7 +480,7 @@ def test_link_hands_off_acks_and_never_raises(garbage: list[bytes]) -> None:
         msg.qos = 1
         link._on_message(client, None, msg)  # type: ignore[arg-type]
     assert client.acks == []  # nothing acknowledged before the worker took it
-    items = handoff.drain(0)
+    items = RawDecoder(cfg.payload).decode_batch(handoff.drain(0), metrics)  # the worker's step
     engine.process(items)
     link.ack([tok for *_, tok in items if tok is not None])
     assert client.acks == list(range(1, len(msgs) + 1))

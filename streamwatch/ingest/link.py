@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from streamwatch.config import Config
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import Raw
 from streamwatch.outputs.metrics import Metrics
 
 if TYPE_CHECKING:
     from streamwatch.pipeline.alerts import AlertEvent
 
-HandOff = Callable[[Sequence[Reading], float, Any], object]
-"""The worker's queue: (readings or a marker, arrival time, acknowledgement token or None)."""
+HandOff = Callable[[Sequence[Reading] | Raw, float, Any], object]
+"""The worker's queue: (readings, a marker or an undecoded message, arrival time,
+acknowledgement token or None)."""
 
 
 class AcceptGate:

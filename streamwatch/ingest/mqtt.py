@@ -1,13 +1,14 @@
 """The paho-mqtt link: connect, persistent session, subscribe in on_connect, last will, publish.
 
-The network thread only decodes and hands off. A QoS 1 message is acknowledged (paho's
-``manual_ack``) only once the worker has scored its readings and any alert they caused is in
-the outbox (:meth:`MQTTLink.ack`), so a reading the daemon has not finished with, through a
-crash or a kill, is redelivered by the broker from the persistent session. The broker sends
-at most ``mqtt.receive_maximum`` unacknowledged messages (MQTT 5 Receive Maximum; Mosquitto's
-``max_inflight_messages`` too), which is the backpressure: a daemon that falls behind is sent
-less, and nothing it was handed is ever dropped. No exception escapes a callback: one would
-kill paho's network thread.
+The network thread only hands off: a sensor message goes to the worker undecoded
+(:mod:`streamwatch.ingest.raw`), a Sparkplug B or command message decoded. A QoS 1 message
+is acknowledged (paho's ``manual_ack``) only once the worker has scored its readings and any
+alert they caused is in the outbox (:meth:`MQTTLink.ack`), so a reading the daemon has not
+finished with, through a crash or a kill, is redelivered by the broker from the persistent
+session. The broker sends at most ``mqtt.receive_maximum`` unacknowledged messages (MQTT 5
+Receive Maximum; Mosquitto's ``max_inflight_messages`` too), which is the backpressure: a
+daemon that falls behind is sent less, and nothing it was handed is ever dropped. No exception
+escapes a callback: one would kill paho's network thread.
 
 Broker requirements for no loss across restarts: Mosquitto ``persistence true``,
 ``max_inflight_messages`` at least ``mqtt.receive_maximum`` (or 0, unlimited), and a
@@ -34,9 +35,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
 from streamwatch.control.commands import CommandRequest, request
+from streamwatch.ingest.fastpaho import FastClient
 from streamwatch.ingest.link import AcceptGate
 from streamwatch.ingest.parse import Reading, Silence, parse
-from streamwatch.ingest.sparkplug import SparkplugDecoder, is_sparkplug
+from streamwatch.ingest.raw import Raw
+from streamwatch.ingest.sparkplug import NAMESPACE, SparkplugDecoder, is_sparkplug
 from streamwatch.logutil import RateLimited
 from streamwatch.outputs.metrics import Metrics
 
@@ -79,7 +82,7 @@ class MQTTLink(AcceptGate):
         cfg: MQTTConfig,
         payload: PayloadConfig,
         metrics: Metrics,
-        hand_off: Callable[[Sequence[Reading], float, AckToken | None], object],
+        hand_off: Callable[[Sequence[Reading] | Raw, float, AckToken | None], object],
         sparkplug: SparkplugConfig | None = None,
     ) -> None:
         self.cfg = cfg
@@ -93,6 +96,11 @@ class MQTTLink(AcceptGate):
             self.topics.append(cfg.cmd_prefix + "/#")
         """The filters subscribed to: ``mqtt.topics``, Sparkplug B's when enabled, and the
         operator commands' (``<cmd_prefix>/#``) when ``mqtt.commands`` is on."""
+        self._special = (
+            (NAMESPACE + "/", self._cmd) if self._cmd is not None else (NAMESPACE + "/",)
+        )
+        """Topic prefixes decoded in the network thread (Sparkplug B, commands): stateful or
+        answered in their turn. Every other message is handed to the worker undecoded."""
         self.sparkplug = SparkplugDecoder(payload, spb.rebirth_interval_s)
         """Sparkplug B host state (births, aliases, seq); network thread only."""
         self.connected = threading.Event()
@@ -105,7 +113,7 @@ class MQTTLink(AcceptGate):
         self._connack = False
         """Whether the broker answered this connection attempt with a CONNACK."""
         v5 = cfg.protocol == "5"
-        self.client = mqtt.Client(
+        self.client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -213,15 +221,14 @@ class MQTTLink(AcceptGate):
     def ack(self, tokens: Sequence[AckToken]) -> None:
         """Acknowledge messages the worker is done with, in the order they arrived (MQTT
         wants PUBACKs in order). A message received on an earlier connection is left alone:
-        the broker has already resent it on this one, and it is taken (as a duplicate) again."""
+        the broker has already resent it on this one, and it is taken (as a duplicate) again.
+        The PUBACKs leave as one write."""
         current = self._connections
-        for conn, mid, qos in tokens:
-            if conn != current:
-                continue
-            try:
-                self.client.ack(mid, qos)
-            except Exception:
-                _limited.log(logging.ERROR, "ack", "cannot acknowledge message %s", mid)
+        mids = [mid for conn, mid, _ in tokens if conn == current]
+        try:
+            self.client.ack_many(mids)
+        except Exception:
+            _limited.log(logging.ERROR, "ack", "cannot acknowledge %d message(s)", len(mids))
 
     # -- paho callbacks (network thread: never raise, never block) ------------------------
 
@@ -340,7 +347,17 @@ class MQTTLink(AcceptGate):
                     topic = msg.topic
                 except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a lax broker may not
                     topic = ""  # no sensor id: rejected as bad_topic
-                readings, rejects = self._decode(topic, bytes(msg.payload), now)
+                payload = msg.payload
+                if payload.__class__ is not bytes:
+                    payload = bytes(payload)
+                if topic and not topic.startswith(self._special):
+                    # A sensor message: the worker decodes it (ingest.raw), many at a time.
+                    shed = self.hand_off(Raw(topic, payload), now, token)
+                    handed = True
+                    if shed:
+                        self._shed(shed)
+                    return
+                readings, rejects = self._decode(topic, payload, now)
                 for reason in rejects:
                     self.metrics.rejected.labels(reason).inc()
                 if rejects:
@@ -359,13 +376,7 @@ class MQTTLink(AcceptGate):
                     shed = self.hand_off(readings, now, token)
                     handed = True
                     if shed:
-                        self.metrics.shed.inc(shed)  # type: ignore[arg-type]
-                        _limited.log(
-                            logging.WARNING,
-                            "shed",
-                            "overloaded: shed %s oldest QoS 0 readings",
-                            shed,
-                        )
+                        self._shed(shed)
             except Exception:
                 # A message that breaks the handler would break it again: acknowledge it (so
                 # it does not hold an in-flight slot forever), but count and say so.
@@ -383,6 +394,10 @@ class MQTTLink(AcceptGate):
                     self.hand_off((), time.time(), token)
                 except Exception:
                     client.ack(msg.mid, msg.qos)
+
+    def _shed(self, shed: Any) -> None:
+        self.metrics.shed.inc(shed)
+        _limited.log(logging.WARNING, "shed", "overloaded: shed %s oldest QoS 0 readings", shed)
 
     def _decode(
         self, topic: str, payload: bytes, now: float

@@ -230,6 +230,8 @@ class Metrics:
             "ended its training on the LSTM-VAE plateau",
             registry=registry,
         )
+        for name, kind, doc, attr in _PER_SENSOR:
+            registry.register(_SensorFamily(self, name, kind, doc, attr))
         registry.register(_SensorCollector(self))
 
     def set_model(
@@ -267,83 +269,91 @@ class Metrics:
         return self._other
 
 
+_PER_SENSOR = (
+    # (family name, counter or gauge, help, SensorSeries attribute)
+    ("streamwatch_readings", "counter", "Readings accepted", "readings"),
+    ("streamwatch_alerts_raised", "counter", "Alerts raised", "raised"),
+    ("streamwatch_alerts_cleared", "counter", "Alerts cleared", "cleared"),
+    ("streamwatch_score", "gauge", "Latest anomaly score", "score"),
+    ("streamwatch_threshold", "gauge", "Calibrated score threshold", "threshold"),
+    ("streamwatch_sensor_warming", "gauge", "1 while the sensor warms up", "warming"),
+    ("streamwatch_alert_active", "gauge", "1 while the sensor's alert is raised", "active"),
+    (
+        "streamwatch_last_reading_timestamp_seconds",
+        "gauge",
+        "Timestamp of the sensor's last accepted reading",
+        "last_ts",
+    ),
+)
+"""The per-sensor families, each built by its own collector at scrape time."""
+
+
+class _SensorFamily(Collector):
+    """One per-sensor family. It describes itself, so a scrape restricted to some names
+    (``/metrics?name[]=...``) builds only the families asked for."""
+
+    def __init__(self, m: Metrics, name: str, kind: str, doc: str, attr: str) -> None:
+        self.m = m
+        self.name = name
+        self.kind = kind
+        self.doc = doc
+        self.attr = attr
+
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return cls(self.name, self.doc, labels=["sensor"])
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        fam = self._family()
+        attr = self.attr
+        add = fam.add_metric
+        for sensor, s in self.m.per_sensor():
+            v = getattr(s, attr)
+            if v == v:  # NaN: no value yet
+                add([sensor], v)
+        other = self.m.other
+        if self.kind == "counter" and (other.readings or other.raised):
+            add([OTHER], getattr(other, attr))
+        yield fam
+
+
 class _SensorCollector(Collector):
-    """Builds the per-sensor and bulk-histogram families at scrape time."""
+    """The per-sensor totals, gauges from ``gauges_fn`` and the bulk histograms, at scrape
+    time."""
+
+    _NAMES = (
+        ("streamwatch_alerts_active", "Sensors in the raised state"),
+        ("streamwatch_sensors_warming", "Sensors still warming up"),
+        ("streamwatch_sensors_tracked", "Sensors with live window state"),
+        ("streamwatch_queue_readings", "Readings waiting for the worker"),
+        ("streamwatch_worker_heartbeat_timestamp_seconds", "Last time the worker loop turned"),
+    )
+    _KEYS = (None, "sensors_warming", "sensors_tracked", "queue_readings", "heartbeat")
 
     def __init__(self, m: Metrics) -> None:
         self.m = m
 
     def describe(self) -> list[Metric]:
-        return []
+        out: list[Metric] = [GaugeMetricFamily(n, d) for n, d in self._NAMES]
+        out.append(HistogramMetricFamily("streamwatch_processing_latency_seconds", ""))
+        out.append(HistogramMetricFamily("streamwatch_score_margin", ""))
+        return out
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
         rows = m.per_sensor()
-        other = m.other
-        readings = CounterMetricFamily(
-            "streamwatch_readings", "Readings accepted", labels=["sensor"]
-        )
-        raised = CounterMetricFamily(
-            "streamwatch_alerts_raised", "Alerts raised", labels=["sensor"]
-        )
-        cleared = CounterMetricFamily(
-            "streamwatch_alerts_cleared", "Alerts cleared", labels=["sensor"]
-        )
-        score = GaugeMetricFamily("streamwatch_score", "Latest anomaly score", labels=["sensor"])
-        thr = GaugeMetricFamily(
-            "streamwatch_threshold", "Calibrated score threshold", labels=["sensor"]
-        )
-        warming = GaugeMetricFamily(
-            "streamwatch_sensor_warming", "1 while the sensor warms up", labels=["sensor"]
-        )
-        active = GaugeMetricFamily(
-            "streamwatch_alert_active", "1 while the sensor's alert is raised", labels=["sensor"]
-        )
-        last = GaugeMetricFamily(
-            "streamwatch_last_reading_timestamp_seconds",
-            "Timestamp of the sensor's last accepted reading",
-            labels=["sensor"],
-        )
-        n_warming = 0
-        n_active = other.active
-        for sensor, s in rows:
-            lab = [sensor]
-            readings.add_metric(lab, s.readings)
-            raised.add_metric(lab, s.raised)
-            cleared.add_metric(lab, s.cleared)
-            warming.add_metric(lab, s.warming)
-            active.add_metric(lab, s.active)
-            n_warming += s.warming
-            n_active += s.active
-            if not math.isnan(s.score):
-                score.add_metric(lab, s.score)
-            if not math.isnan(s.threshold):
-                thr.add_metric(lab, s.threshold)
-            if not math.isnan(s.last_ts):
-                last.add_metric(lab, s.last_ts)
-        if other.readings or other.raised:
-            readings.add_metric([OTHER], other.readings)
-            raised.add_metric([OTHER], other.raised)
-            cleared.add_metric([OTHER], other.cleared)
-        yield from (readings, raised, cleared, score, thr, warming, active, last)
+        n_active = m.other.active + sum(s.active for _, s in rows)
         gauges = m.gauges_fn()
-        yield _gauge("streamwatch_alerts_active", "Sensors in the raised state", n_active)
-        yield _gauge(
-            "streamwatch_sensors_warming",
-            "Sensors still warming up",
-            gauges.get("sensors_warming", n_warming),
-        )
-        for key, name, doc in (
-            ("sensors_tracked", "streamwatch_sensors_tracked", "Sensors with live window state"),
-            ("queue_readings", "streamwatch_queue_readings", "Readings waiting for the worker"),
-            (
-                "heartbeat",
-                "streamwatch_worker_heartbeat_timestamp_seconds",
-                "Last time the worker loop turned",
-            ),
-        ):
-            if key in gauges:
-                yield _gauge(name, doc, gauges[key])
+        values: dict[str | None, float] = {None: n_active}
+        if "sensors_warming" not in gauges:
+            values["sensors_warming"] = sum(s.warming for _, s in rows)
+        values.update(gauges)
+        for (name, doc), key in zip(self._NAMES, self._KEYS, strict=True):
+            if key in values:
+                yield _gauge(name, doc, values[key])
         yield m.latency.family(
             "streamwatch_processing_latency_seconds", "Reading arrival to verdict"
         )

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import Handed, Queued, Raw
 
 Item = tuple[Sequence[Reading], float]
 """A message's readings and the wall-clock time it arrived (what the engine takes)."""
-Queued = tuple[Sequence[Reading], float, Any]
-"""An item and its acknowledgement token (None: nothing to acknowledge, e.g. QoS 0)."""
+__all__ = ["Handed", "Handoff", "Item", "Queued"]
 
 LINGER_S = 0.002
 """How long the worker waits for a fuller batch once a message is in (see :class:`Handoff`)."""
@@ -43,9 +43,12 @@ class Handoff:
         self.max_readings = max_readings
         self.linger_s = linger_s
         self.batch_hint = batch_hint
-        self._items: deque[Queued] = deque()
+        self._items: deque[Handed] = deque()
         self._count = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        """Waited on by the worker; ``put`` takes the bare lock (Condition's ``with`` is two
+        Python-level calls per message)."""
         self._wake_at = _NEVER
         """``put`` notifies once this many readings wait (1 while the worker waits idle)."""
         self.shed = 0
@@ -53,11 +56,11 @@ class Handoff:
     def __len__(self) -> int:
         return self._count
 
-    def put(self, readings: Sequence[Reading], arrived: float, token: Any = None) -> int:
-        """Queue one message's readings (and its acknowledgement token); returns how many old
-        readings were shed for it."""
+    def put(self, readings: Sequence[Reading] | Raw, arrived: float, token: Any = None) -> int:
+        """Queue one message's readings, or the message undecoded (counted as one reading),
+        and its acknowledgement token; returns how many old readings were shed for it."""
         shed = 0
-        with self._cond:
+        with self._lock:
             self._items.append((readings, arrived, token))
             self._count += len(readings)
             items = self._items
@@ -76,7 +79,7 @@ class Handoff:
                 self._cond.notify()
         return shed
 
-    def drain(self, timeout: float) -> list[Queued]:
+    def drain(self, timeout: float) -> list[Handed]:
         """Everything waiting, after waiting up to ``timeout`` seconds for anything (and then
         up to ``linger_s`` for a fuller batch; never with ``timeout`` 0)."""
         with self._cond:

@@ -236,6 +236,39 @@ def test_alert_payload_is_json_with_sensor_topic(mosquitto: Mosquitto) -> None:
         daemon.stop()
 
 
+def test_qos0_messages_of_every_shape_are_decoded_and_counted(mosquitto: Mosquitto) -> None:
+    """At QoS 0 (nothing to acknowledge) the undecoded hand-off still accounts for every
+    item: bare numbers, objects and a batch are scored, bad payloads counted by reason."""
+    registry = CollectorRegistry()
+    daemon = Daemon(_cfg(mosquitto, mqtt={"qos": 0}), registry=registry)
+    daemon.start()
+    try:
+        assert daemon.wait_ready(10)
+        pub = Publisher(mosquitto.port)
+        t0 = time.time() - 1000
+        for i in range(100):
+            pub.reading("q0", 5.0 + 0.1 * (i % 5), t0 + i)
+        batch = [{"value": 5.0, "ts": t0 + 100 + i} for i in range(50)]
+        pub.send("sensors/q0", json.dumps(batch))
+        for _ in range(3):
+            pub.send("sensors/bare", b"21.5")  # arrival time as its timestamp
+            time.sleep(0.01)
+        pub.send("sensors/q0", b"{not json")
+        pub.send("sensors/q0", b'{"value": "high", "ts": 1}')
+        pub.close()
+
+        def value(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, labels) or 0.0
+
+        assert wait_until(lambda: value("streamwatch_readings_total", sensor="q0") == 150)
+        assert wait_until(lambda: value("streamwatch_readings_total", sensor="bare") == 3)
+        assert value("streamwatch_rejected_total", reason="undecodable") == 1
+        assert value("streamwatch_rejected_total", reason="non_numeric") == 1
+        assert value("streamwatch_readings_shed_total") == 0
+    finally:
+        daemon.stop()
+
+
 def test_restart_keeps_what_was_learned(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A sensor warmed up before a restart is scored at once after it, at the same threshold:
     the daemon keeps its online-learned model under state_dir (saved on stop)."""

@@ -29,13 +29,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import streamwatch.daemon as daemon_mod
-import streamwatch.ingest.mqtt as mqtt_mod
 from streamwatch.config import Config, GaussianConfig, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.detectors import base, bundle
 from streamwatch.detectors.bundle import Model
 from streamwatch.ingest.mqtt import MQTTLink
 from streamwatch.ingest.parse import Reading
+from streamwatch.ingest.raw import Raw, RawDecoder
 from streamwatch.pipeline.threshold import Thresholds, calibrate
 from tests.helpers import Mosquitto, Publisher, free_port, wait_until
 
@@ -95,10 +95,13 @@ def record_hand_offs(daemon: Daemon) -> list[tuple[Reading, int]]:
     number of the connection it came in on (1 = the first)."""
     seen: list[tuple[Reading, int]] = []
     real = daemon.link.hand_off
+    decoder = RawDecoder(daemon.cfg.payload)
 
-    def recording(rs: Sequence[Reading], now: float, token: Any = None) -> object:
+    def recording(rs: Sequence[Reading] | Raw, now: float, token: Any = None) -> object:
         conn = cast(MQTTLink, daemon.link)._connections
-        seen.extend((r, conn) for r in rs)
+        # A sensor message is handed over undecoded (the worker decodes it): decode a copy.
+        readings = decoder.decode(rs, now, []) if isinstance(rs, Raw) else rs
+        seen.extend((r, conn) for r in readings)
         return real(rs, now, token)
 
     daemon.link.hand_off = recording
@@ -229,7 +232,7 @@ def test_broker_outage_mid_stream_scores_every_accepted_reading(
     gate.set()
     real = daemon.link.hand_off
 
-    def gated(rs: Sequence[Reading], now: float, token: Any = None) -> object:
+    def gated(rs: Sequence[Reading] | Raw, now: float, token: Any = None) -> object:
         gate.wait(30)
         return real(rs, now, token)
 
@@ -412,7 +415,7 @@ def test_daemon_restart_under_load_loses_nothing_and_keeps_alert_state(
 
 @pytest.mark.integration
 def test_a_message_mid_hand_off_at_shutdown_is_not_lost(
-    mosquitto: Mosquitto, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    mosquitto: Mosquitto, model_dir: Path
 ) -> None:
     """Regression: a message that passed the ``accepting`` check just before ``stop()`` used to
     be handed off after the worker's final drain, then acknowledged, and so lost. Now stop()
@@ -422,15 +425,15 @@ def test_a_message_mid_hand_off_at_shutdown_is_not_lost(
     first = Daemon(cfg, registry=reg1)
     first.start()
     entered = threading.Event()
-    real_parse = mqtt_mod.parse
+    real_hand_off = first.link.hand_off
 
-    def slow_parse(topic: str, payload: bytes, now: float, pcfg: Any) -> Any:
-        if payload == b"5":
+    def slow_hand_off(rs: Any, now: float, token: Any = None) -> object:
+        if isinstance(rs, Raw) and rs.payload == b"5":
             entered.set()
             time.sleep(1.0)  # stop() begins while this message is half handled
-        return real_parse(topic, payload, now, pcfg)
+        return real_hand_off(rs, now, token)
 
-    monkeypatch.setattr(mqtt_mod, "parse", slow_parse)
+    first.link.hand_off = slow_hand_off
     pub = Publisher(mosquitto.port)
     try:
         assert first.wait_ready(10)
@@ -443,7 +446,7 @@ def test_a_message_mid_hand_off_at_shutdown_is_not_lost(
         assert entered.wait(10)
         first.stop()
     finally:
-        monkeypatch.setattr(mqtt_mod, "parse", real_parse)
+        first.link.hand_off = real_hand_off
     reg2 = CollectorRegistry()
     second = Daemon(cfg, registry=reg2)
     second.start()
@@ -503,7 +506,7 @@ def test_overload_holds_back_at_the_broker_and_sheds_nothing(
     peak = [0]
     real = daemon.link.hand_off
 
-    def watching(rs: Sequence[Reading], now: float, token: Any = None) -> object:
+    def watching(rs: Sequence[Reading] | Raw, now: float, token: Any = None) -> object:
         shed = real(rs, now, token)
         taken[0] += len(rs)
         peak[0] = max(peak[0], len(daemon.handoff))
