@@ -1,6 +1,8 @@
 """A SIGKILLed daemon's partitions move to the survivor (``nats.ownership = "lease"``),
 against a real nats-server: 1,000 sensors over 64 partitions, two daemons (the survivor in
-this process, the victim a real ``streamwatch run`` process)."""
+this process, the victim a real ``streamwatch run`` process). Run twice: every reading
+published on NATS, and the watched sensor's readings (the ones that raise and clear its alert
+across the move) sent by ``mosquitto_pub`` through nats-server's MQTT listener."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ pytestmark = [
     ),
 ]
 
+MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 P = 64
 SENSORS = [f"m{i:04d}" for i in range(1000)]
 TTL = 6.0
@@ -55,7 +58,7 @@ SETTINGS: dict[str, Any] = {
 def nats_server() -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream and the mapping into P partitions."""
     d = Path(tempfile.mkdtemp(prefix="sw-lease-kill-"))
-    server = NatsServer(d, P)
+    server = NatsServer(d, P, mqtt=True)
     server.start()
     yield server
     server.stop()
@@ -138,9 +141,37 @@ def _rejected(registry: CollectorRegistry, reason: str) -> float:
     )
 
 
+class _Sender:
+    """Publishes the watched sensor's messages: on NATS (stream sequences known at once), or
+    through the MQTT listener with ``mosquitto_pub`` (QoS 1; sequences read off the stream)."""
+
+    def __init__(self, via: str, server: NatsServer, client: NatsClient) -> None:
+        self.via, self.server, self.client = via, server, client
+
+    def send(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """Publish ``messages`` (one sensor's, in order); the stream sequences known now."""
+        if self.via == "nats":
+            return self.client.publish_many(messages)
+        assert MOSQUITTO_PUB is not None and self.server.mqtt_port is not None
+        topic = messages[0][0].replace(".", "/")
+        cmd = [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(self.server.mqtt_port)]
+        res = subprocess.run(
+            [*cmd, "-V", "mqttv311", "-q", "1", "-t", topic, "-l"],
+            input=b"".join(body + b"\n" for _, body in messages),
+            capture_output=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        return []
+
+
+@pytest.mark.parametrize("via", ["nats", "mqtt"])
 def test_sigkilled_daemons_partitions_move_to_the_survivor(
-    nats_server: NatsServer, client: NatsClient, tmp_path: Path
+    nats_server: NatsServer, client: NatsClient, tmp_path: Path, via: str
 ) -> None:
+    if via == "mqtt" and MOSQUITTO_PUB is None:
+        pytest.skip("mosquitto_pub is not installed (apt-get install mosquitto-clients)")
+    sender = _Sender(via, nats_server, client)
     rng = np.random.default_rng(16)
     t0 = time.time() - 1000.0
     client.subscribe("streamwatch.alerts.>")
@@ -197,9 +228,9 @@ def test_sigkilled_daemons_partitions_move_to_the_survivor(
         assert wait_until(lambda: _settled(client), timeout=60, every=0.5)
         # A sensor the other daemon scores: 20 more normal readings, then a 30-sigma spike.
         victim = next(s for s in SENSORS if s not in a.engine.windows.sensors)
-        published += client.publish_many(_messages([victim], 40, 20, t0, rng))
+        published += sender.send(_messages([victim], 40, 20, t0, rng))
         spike = [{"value": 35.0, "ts": t0 + i} for i in range(60, 66)]
-        published += client.publish_many([(f"sensors.{victim}", json.dumps(spike).encode())])
+        published += sender.send([(f"sensors.{victim}", json.dumps(spike).encode())])
         subject = f"streamwatch.alerts.{victim}"
         assert wait_until(lambda: client.on(subject), timeout=30), log.read_text()[-2000:]
         raised = json.loads(client.on(subject)[0])
@@ -238,7 +269,7 @@ def test_sigkilled_daemons_partitions_move_to_the_survivor(
         floors = {p: _floor(client, p) for p in killed_parts}
         assert not set(link.owned) & set(killed_parts), "taken over before the TTL"
         published += client.publish_many(_messages(others, 50, 20, t0, rng))
-        published += client.publish_many(_messages([victim], 66, 20, t0, rng))
+        published += sender.send(_messages([victim], 66, 20, t0, rng))
 
         # Takeover within the TTL plus a margin.
         assert wait_until(lambda: len(link.owned) == P, timeout=TTL + 20, every=0.1), _state(
@@ -254,6 +285,10 @@ def test_sigkilled_daemons_partitions_move_to_the_survivor(
         # its partition's ack floor) or scored by the survivor; nothing rejected as out of
         # order or duplicate on the survivor.
         subjects = client.stream_subjects(STREAM, "streamwatch.in.>")
+        if via == "mqtt":  # the watched sensor's messages (8 on NATS, 4 + 1 + 4 over MQTT)
+            mine = [q for q, subj in subjects.items() if subj.endswith(f".{victim}")]
+            published += [q for q in mine if q not in set(published)]
+            assert len(mine) == 8 + 4 + 1 + 4, len(mine)
         missed = [
             seq
             for seq in published
