@@ -115,12 +115,17 @@ def fit_groups(
 
 
 def train_with_groups(
-    cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
+    cfg: Config,
+    data: Mapping[str, Series],
+    model_dir: Path,
+    source: str | None = None,
+    litert: bool = True,
 ) -> tuple[Model | None, Model | None]:
     """``streamwatch train`` with ``[groups]``: sensors in no group train the configured
     detector into ``model_dir`` (as without groups), groups train the group detector into
-    ``groups.bundle_dir``. Returns (single-sensor model, group model), None where there was
-    nothing of that kind. Raises :class:`TrainError` if neither could be trained."""
+    ``groups.bundle_dir`` (with LiteRT models unless ``litert`` is False). Returns
+    (single-sensor model, group model), None where there was nothing of that kind. Raises
+    :class:`TrainError` if neither could be trained."""
     from streamwatch.training import train
 
     groups, alone = split_groups(cfg, data)
@@ -128,14 +133,14 @@ def train_with_groups(
     errors = []
     if alone:
         try:
-            single = train(cfg, alone, model_dir, source)
+            single = train(cfg, alone, model_dir, source, litert=litert)
         except TrainError as exc:
             errors.append(f"sensors in no group: {exc}")
     if groups:
         path = cfg.groups.bundle_dir(model_dir)
         assert path is not None
         try:
-            group_model = fit_groups(cfg, groups, source, litert=True)
+            group_model = fit_groups(cfg, groups, source, litert=litert)
         except TrainError as exc:
             errors.append(f"groups: {exc}")
         else:

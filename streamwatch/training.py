@@ -39,11 +39,15 @@ class TrainError(ValueError):
 
 
 def train(
-    cfg: Config, data: Mapping[str, Series], model_dir: Path, source: str | None = None
+    cfg: Config,
+    data: Mapping[str, Series],
+    model_dir: Path,
+    source: str | None = None,
+    litert: bool = True,
 ) -> Model:
     """Fit, calibrate and save; returns the trained model (with LiteRT models in the bundle
-    where the detector exports them)."""
-    model = fit_calibrated(cfg, data, source, litert=True)
+    where the detector exports them, unless ``litert`` is False)."""
+    model = fit_calibrated(cfg, data, source, litert=litert)
     bundle.save(model, model_dir)
     return model
 

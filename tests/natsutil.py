@@ -9,14 +9,16 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
 
 from streamwatch.embedded_broker import free_port, wait_port
 
@@ -337,3 +339,44 @@ class NatsClient:
         self._run(self.nc.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+@contextlib.contextmanager
+def started_server(prefix: str, partitions: int, **options: Any) -> Iterator[NatsServer]:
+    """A fresh nats-server (JetStream, the mapping into ``partitions``, ``options`` as
+    :class:`NatsServer` takes them) in a temporary folder, stopped and removed after."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    server = NatsServer(d, partitions, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def by_label(registry: CollectorRegistry, sample: str, label: str) -> dict[str, float]:
+    """One counter's non-zero values by one label, e.g. ``streamwatch_readings_total`` by
+    ``sensor`` or ``streamwatch_rejected_total`` by ``reason``."""
+    return {
+        s.labels[label]: s.value
+        for fam in registry.collect()
+        for s in fam.samples
+        if s.name == sample and s.value
+    }
+
+
+def mosquitto_pub(port: int, topic: str, lines: Sequence[str | bytes], qos: int) -> None:
+    """One ``mosquitto_pub -l`` process (MQTT 3.1.1) on 127.0.0.1:``port``: every line a
+    message on ``topic``; AssertionError if it fails."""
+    exe = shutil.which("mosquitto_pub")
+    assert exe is not None, "mosquitto_pub is not installed"
+    data = b"".join((x.encode() if isinstance(x, str) else x) + b"\n" for x in lines)
+    cmd = [exe, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv311", "-q", str(qos)]
+    res = subprocess.run(
+        [*cmd, "-t", topic, "-l"],
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr

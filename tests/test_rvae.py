@@ -117,10 +117,8 @@ def test_train_with_groups_fits_the_rvae_and_replay_uses_it(tmp_path: Path) -> N
         "learning_rate = 0.005\n"
     )
     model = tmp_path / "model"
-    assert (
-        main(["train", "--data", str(data), "--config", str(conf), "--model-dir", str(model)])
-        == EXIT_OK
-    )
+    args = ["--config", str(conf), "--model-dir", str(model), "--no-litert"]
+    assert main(["train", "--data", str(data), *args]) == EXIT_OK
     groups = bundle.load(tmp_path / "model.groups")
     assert groups.name == "rvae"
     assert set(groups.trained_on["groups"]) == {"plant/a", "plant/b"}

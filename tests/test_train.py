@@ -64,11 +64,11 @@ def test_train_lstm_vae_with_config_file(tmp_path: Path) -> None:
         "[windows]\nlength = 10\n"
     )
     model = tmp_path / "model"
-    assert (
-        main(["train", "--data", str(data), "--model-dir", str(model), "--config", str(conf)]) == 0
-    )
+    args = ["--model-dir", str(model), "--config", str(conf), "--no-litert"]
+    assert main(["train", "--data", str(data), *args]) == 0
     manifest = json.loads((model / bundle.MANIFEST).read_text())
     assert manifest["window"] == 10 and "shared.weights.npz" in manifest["files"]
+    assert not any(name.endswith(".tflite") for name in manifest["files"])  # --no-litert
     assert "warmup" not in manifest["hyper"] and "auto_train" not in manifest["hyper"]
     m = bundle.load(model)
     assert m.detector.trained and set(m.thresholds.per_sensor) == {"pump", "fan"}

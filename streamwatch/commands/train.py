@@ -25,6 +25,12 @@ def add_parser(sub: Any) -> None:
         "and save the bundle to --model-dir.",
     )
     p.add_argument("--data", type=Path, required=True, metavar="IN.csv", help="readings CSV")
+    p.add_argument(
+        "--no-litert",
+        action="store_true",
+        help="do not export LiteRT models into the bundle (the LSTM-VAE then scores with "
+        "numpy, the rvae with TensorFlow; the export takes tens of seconds per network)",
+    )
     add_config_args(p, daemon=False)
     p.set_defaults(handler=_handle)
 
@@ -44,21 +50,21 @@ def _handle(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if cfg.groups.patterns:
-        return _train_groups(cfg, data, cfg.model_dir, str(args.data))
+        return _train_groups(cfg, data, cfg.model_dir, str(args.data), not args.no_litert)
     try:
-        model = train(cfg, data, cfg.model_dir, source=str(args.data))
+        model = train(cfg, data, cfg.model_dir, source=str(args.data), litert=not args.no_litert)
     except TrainError as exc:
         raise UsageError(str(exc)) from None
     return _summary(model, cfg.model_dir)
 
 
-def _train_groups(cfg: Any, data: Any, model_dir: Path, source: str) -> int:
+def _train_groups(cfg: Any, data: Any, model_dir: Path, source: str, litert: bool) -> int:
     """``train`` with ``[groups]``: single sensors into model_dir, groups beside it."""
     from streamwatch.group_training import train_with_groups
     from streamwatch.training import TrainError
 
     try:
-        single, groups = train_with_groups(cfg, data, model_dir, source)
+        single, groups = train_with_groups(cfg, data, model_dir, source, litert)
     except TrainError as exc:
         raise UsageError(str(exc)) from None
     if single is not None:

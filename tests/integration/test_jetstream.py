@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +24,7 @@ from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.ingest.jetstream import JetStreamLink
 from tests.helpers import free_port, wait_until
-from tests.natsutil import NATS_SERVER, NatsClient, NatsServer
+from tests.natsutil import NATS_SERVER, NatsClient, NatsServer, started_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,20 +41,8 @@ STREAM = "SENSORS"
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream and the mapping into P partitions."""
-    d = Path(tempfile.mkdtemp(prefix="sw-nats-"))
-    server = NatsServer(d, P)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def client(nats_server: NatsServer) -> Iterator[NatsClient]:
-    """A NATS client on the test's server."""
-    c = NatsClient(nats_server.url)
-    yield c
-    c.close()
+    with started_server("sw-nats-", P) as server:
+        yield server
 
 
 def _cfg(server: NatsServer, partitions: str = f"0-{P - 1}") -> Config:

@@ -6,11 +6,8 @@ cleared, not raised again, by the next."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -20,7 +17,7 @@ from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.ingest.jetstream import JetStreamLink
 from tests.helpers import wait_until
-from tests.natsutil import NATS_SERVER, CutProxy, NatsClient, NatsServer
+from tests.natsutil import NATS_SERVER, CutProxy, NatsClient, NatsServer, started_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,20 +35,8 @@ LEASES = "streamwatch_leases"
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream and the mapping into P partitions."""
-    d = Path(tempfile.mkdtemp(prefix="sw-lease-"))
-    server = NatsServer(d, P)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def client(nats_server: NatsServer) -> Iterator[NatsClient]:
-    """A NATS client on the test's server."""
-    c = NatsClient(nats_server.url)
-    yield c
-    c.close()
+    with started_server("sw-lease-", P) as server:
+        yield server
 
 
 def _cfg(server: NatsServer | CutProxy, name: str) -> Config:

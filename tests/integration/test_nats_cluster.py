@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from tests.helpers import wait_until
-from tests.natsutil import NATS_SERVER, NatsClient, NatsServer, nats_cluster
+from tests.natsutil import NATS_SERVER, NatsClient, NatsServer, by_label, nats_cluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,24 +74,6 @@ def _cfg(nodes: list[NatsServer], partitions: str) -> Config:
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )
-
-
-def _scored(registry: CollectorRegistry) -> dict[str, float]:
-    return {
-        s.labels["sensor"]: s.value
-        for fam in registry.collect()
-        for s in fam.samples
-        if s.name == "streamwatch_readings_total"
-    }
-
-
-def _rejected(registry: CollectorRegistry) -> dict[str, float]:
-    return {
-        s.labels["reason"]: s.value
-        for fam in registry.collect()
-        for s in fam.samples
-        if s.name == "streamwatch_rejected_total" and s.value
-    }
 
 
 def _reconnects(registry: CollectorRegistry) -> float:
@@ -164,12 +146,15 @@ def test_two_daemons_keep_scoring_when_a_nats_node_is_killed(
         def merged() -> dict[str, float]:
             out: dict[str, float] = {}
             for reg in regs:
-                for s, v in _scored(reg).items():
+                for s, v in by_label(reg, "streamwatch_readings_total", "sensor").items():
                     out[s] = out.get(s, 0.0) + v
             return out
 
         def late() -> float:
-            return sum(_rejected(r).get("out_of_order", 0.0) for r in regs)
+            return sum(
+                by_label(r, "streamwatch_rejected_total", "reason").get("out_of_order", 0.0)
+                for r in regs
+            )
 
         def accounted() -> bool:
             got = merged()
@@ -179,7 +164,7 @@ def test_two_daemons_keep_scoring_when_a_nats_node_is_killed(
         # sensor, the messages in flight on the killed node) counted as out of order.
         assert wait_until(accounted, timeout=60), (
             {k: v for k, v in merged().items() if v != ROUNDS},
-            [_rejected(r) for r in regs],
+            [by_label(r, "streamwatch_rejected_total", "reason") for r in regs],
         )
         got = merged()
         assert all(ROUNDS - 10 <= v <= ROUNDS for v in got.values()), got

@@ -26,7 +26,7 @@ from streamwatch.config import from_mapping
 from streamwatch.daemon import Daemon
 from streamwatch.embedded_broker import free_port, wait_port
 from tests.helpers import wait_until
-from tests.natsutil import NATS_SERVER, NatsClient
+from tests.natsutil import NATS_SERVER, NatsClient, by_label
 from tests.test_deploy_nats import BRIDGE, DAEMONS, NATS, NATS_CONF, NODES, compose
 
 MOSQUITTO = shutil.which("mosquitto") or (
@@ -147,15 +147,6 @@ def bridge(nodes: list[Node]) -> Iterator[int]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _scored(registry: CollectorRegistry) -> dict[str, float]:
-    return {
-        s.labels["sensor"]: s.value
-        for fam in registry.collect()
-        for s in fam.samples
-        if s.name == "streamwatch_readings_total"
-    }
-
-
 def test_the_deployed_cluster_daemons_simulator_and_bridge(
     nodes: list[Node], bridge: int, tmp_path: Path
 ) -> None:
@@ -225,7 +216,7 @@ def test_the_deployed_cluster_daemons_simulator_and_bridge(
         def merged() -> dict[str, float]:
             out: dict[str, float] = {}
             for r in regs:
-                for s, v in _scored(r).items():
+                for s, v in by_label(r, "streamwatch_readings_total", "sensor").items():
                     out[s] = out.get(s, 0.0) + v
             return out
 
@@ -234,15 +225,7 @@ def test_the_deployed_cluster_daemons_simulator_and_bridge(
         assert wait_until(lambda: sum(merged().values()) == total, timeout=90), (
             {k: v for k, v in merged().items() if v != want.get(k)},
             set(want) - set(merged()),
-            [
-                {
-                    s.labels["reason"]: s.value
-                    for f in r.collect()
-                    for s in f.samples
-                    if s.name == "streamwatch_rejected_total" and s.value
-                }
-                for r in regs
-            ],
+            [by_label(r, "streamwatch_rejected_total", "reason") for r in regs],
         )
         assert merged() == want
         on = [set(d.engine.windows.sensors) for d in daemons]

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -26,7 +23,14 @@ from prometheus_client import CollectorRegistry
 from streamwatch.config import Config, from_mapping
 from streamwatch.daemon import Daemon
 from tests.helpers import Collector, wait_until
-from tests.natsutil import NATS_SERVER, NatsClient, NatsServer
+from tests.natsutil import (
+    NATS_SERVER,
+    NatsClient,
+    NatsServer,
+    by_label,
+    mosquitto_pub,
+    started_server,
+)
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 
@@ -49,12 +53,8 @@ STREAM = "SENSORS"
 @pytest.fixture
 def server() -> Iterator[NatsServer]:
     """nats-server with JetStream, the MQTT listener and the mapping into P partitions."""
-    d = Path(tempfile.mkdtemp(prefix="sw-nats-mqtt-"))
-    s = NatsServer(d, P, mqtt=True)
-    s.start()
-    yield s
-    s.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with started_server("sw-nats-mqtt-", P, mqtt=True) as s:
+        yield s
 
 
 def _cfg(server: NatsServer) -> Config:
@@ -69,30 +69,6 @@ def _cfg(server: NatsServer) -> Config:
             "metrics": {"host": "127.0.0.1", "port": 0},
         }
     )
-
-
-def _scored(registry: CollectorRegistry) -> dict[str, float]:
-    """streamwatch_readings_total by sensor."""
-    return {
-        s.labels["sensor"]: s.value
-        for fam in registry.collect()
-        for s in fam.samples
-        if s.name == "streamwatch_readings_total"
-    }
-
-
-def _mosquitto_pub(port: int, topic: str, lines: list[str], qos: int) -> None:
-    """One ``mosquitto_pub -l`` process (MQTT 3.1.1): every line a message on ``topic``."""
-    assert MOSQUITTO_PUB is not None
-    cmd = [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv311"]
-    res = subprocess.run(
-        [*cmd, "-q", str(qos), "-t", topic, "-l"],
-        input="\n".join(lines) + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 0, res.stderr
 
 
 def test_mosquitto_pub_through_the_nats_mqtt_listener_is_scored_and_alerts(
@@ -113,17 +89,19 @@ def test_mosquitto_pub_through_the_nats_mqtt_listener_is_scored_and_alerts(
         values = list(rng.normal(20.0, 0.5, 300))
         values[250:256] = [35.0] * 6  # a 30-sigma excursion for six readings
         pump = [json.dumps({"value": float(v), "ts": t0 + i}) for i, v in enumerate(values)]
-        _mosquitto_pub(server.mqtt_port, "sensors/pump1", pump, qos=1)
+        mosquitto_pub(server.mqtt_port, "sensors/pump1", pump, qos=1)
         fan = [json.dumps({"value": 1.0 + 0.01 * i, "ts": t0 + i}) for i in range(40)]
-        _mosquitto_pub(server.mqtt_port, "sensors/fan1", fan, qos=0)
+        mosquitto_pub(server.mqtt_port, "sensors/fan1", fan, qos=0)
         # Two topic levels: the NATS subject sensors.plant.pump2, the sensor plant/pump2.
         two = [json.dumps({"value": 7.0, "ts": t0 + i}) for i in range(5)]
-        _mosquitto_pub(server.mqtt_port, "sensors/plant/pump2", two, qos=1)
+        mosquitto_pub(server.mqtt_port, "sensors/plant/pump2", two, qos=1)
 
         # The stream holds exactly what was published (QoS 1 and QoS 0 alike, on loopback).
         assert wait_until(lambda: client.stream(STREAM).state.messages == 345)
         want = {"pump1": 300.0, "fan1": 40.0, "plant/pump2": 5.0}
-        assert wait_until(lambda: _scored(registry) == want), _scored(registry)
+        assert wait_until(
+            lambda: by_label(registry, "streamwatch_readings_total", "sensor") == want
+        ), by_label(registry, "streamwatch_readings_total", "sensor")
 
         # The alert: on the core NATS subject, and to the MQTT subscriber through the listener.
         assert wait_until(lambda: client.on("streamwatch.alerts.pump1"))
