@@ -18,8 +18,8 @@ socket pair and a ``send`` per PUBACK. :meth:`FastClient.ack_many` queues the PU
 scored slice, in arrival order, as one write.
 
 It relies on paho internals (``_sock_recv``, ``_packet_queue``, ``_handle_publish``,
-``_handle_on_message``, ``_in_packet``), present in paho 1.6 to 2.2; the rest of the packet
-handling is paho's.
+``_handle_on_message``, ``_in_packet``), present in paho 1.6 to 2.2 (pyproject pins paho
+below 2.3); the rest of the packet handling is paho's.
 """
 
 from __future__ import annotations
