@@ -30,45 +30,48 @@ def same(topic: str, payload: bytes, cfg: PayloadConfig = CFG) -> None:
     ]
 
 
+EDGE_PAYLOADS = [
+    b"21.5",
+    b" 21.5\n",
+    b"-0",
+    b"1_000",
+    b"nan",
+    b"inf",
+    b"1e999",
+    b"",
+    b"   ",
+    b"abc",
+    b"\xff\xfe",
+    b'"21.5"',
+    b"true",
+    b'{"value": 21.5, "ts": %.6f}' % NOW,
+    b'{"value": 21.5, "ts": %d}' % int(NOW * 1000),  # milliseconds
+    b'{"value": 21.5, "ts": %.6f}' % (NOW + 1e6),  # future
+    b'{"value": 21.5, "ts": %.6f}' % (NOW - 1e9),  # stale
+    b'{"value": 21.5}',
+    b'{"value": "21.5", "ts": %.6f}' % NOW,
+    b'{"value": true, "ts": %.6f}' % NOW,
+    b'{"value": NaN, "ts": %.6f}' % NOW,
+    b'{"value": 1e400, "ts": %.6f}' % NOW,
+    b'{"value": 10000000000000000000000000000000000, "ts": %.6f}' % NOW,
+    b'{"value": 21.5, "ts": "2024-01-01T00:00:00Z"}',
+    b'{"value": 21.5, "ts": null}',
+    b'{"value": 21.5, "ts": true}',
+    b'{"v": 21.5}',
+    b'{"value": 1, "value": 2, "ts": %.6f}' % NOW,
+    b'{"value": 21.5, "ts": %.6f' % NOW,
+    b'[{"value": 1.0, "ts": %.6f}, {"value": 2.0, "ts": %.6f}]' % (NOW - 1, NOW),
+    b"[]",
+    b"{}",
+    b'{"value": "\\ud800"}',
+    b"1" * 70_000,
+]
+"""Payloads at the edges of what the parser takes (some stamped with the time of the run)."""
+
+
 @pytest.mark.parametrize(
-    "payload",
-    [
-        b"21.5",
-        b" 21.5\n",
-        b"-0",
-        b"1_000",
-        b"nan",
-        b"inf",
-        b"1e999",
-        b"",
-        b"   ",
-        b"abc",
-        b"\xff\xfe",
-        b'"21.5"',
-        b"true",
-        b'{"value": 21.5, "ts": %.6f}' % NOW,
-        b'{"value": 21.5, "ts": %d}' % int(NOW * 1000),  # milliseconds
-        b'{"value": 21.5, "ts": %.6f}' % (NOW + 1e6),  # future
-        b'{"value": 21.5, "ts": %.6f}' % (NOW - 1e9),  # stale
-        b'{"value": 21.5}',
-        b'{"value": "21.5", "ts": %.6f}' % NOW,
-        b'{"value": true, "ts": %.6f}' % NOW,
-        b'{"value": NaN, "ts": %.6f}' % NOW,
-        b'{"value": 1e400, "ts": %.6f}' % NOW,
-        b'{"value": 10000000000000000000000000000000000, "ts": %.6f}' % NOW,
-        b'{"value": 21.5, "ts": "2024-01-01T00:00:00Z"}',
-        b'{"value": 21.5, "ts": null}',
-        b'{"value": 21.5, "ts": true}',
-        b'{"v": 21.5}',
-        b'{"value": 1, "value": 2, "ts": %.6f}' % NOW,
-        b'{"value": 21.5, "ts": %.6f' % NOW,
-        b'[{"value": 1.0, "ts": %.6f}, {"value": 2.0, "ts": %.6f}]' % (NOW - 1, NOW),
-        b"[]",
-        b"{}",
-        b'{"value": "\\ud800"}',
-        b"1" * 70_000,
-    ],
-)
+    "payload", EDGE_PAYLOADS, ids=[f"edge{i}" for i in range(len(EDGE_PAYLOADS))]
+)  # ids without the run's time: the same in every pytest-xdist worker
 def test_edge_payloads_decode_as_the_parser_does(payload: bytes) -> None:
     same("sensors/a", payload)
 
