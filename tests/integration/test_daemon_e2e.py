@@ -262,8 +262,9 @@ def test_qos0_messages_of_every_shape_are_decoded_and_counted(mosquitto: Mosquit
 
         assert wait_until(lambda: value("streamwatch_readings_total", sensor="q0") == 150)
         assert wait_until(lambda: value("streamwatch_readings_total", sensor="bare") == 3)
-        assert value("streamwatch_rejected_total", reason="undecodable") == 1
-        assert value("streamwatch_rejected_total", reason="non_numeric") == 1
+        # The two bad payloads came last: they may be decoded in a later batch.
+        assert wait_until(lambda: value("streamwatch_rejected_total", reason="undecodable") == 1)
+        assert wait_until(lambda: value("streamwatch_rejected_total", reason="non_numeric") == 1)
         assert value("streamwatch_readings_shed_total") == 0
     finally:
         daemon.stop()
