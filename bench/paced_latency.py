@@ -15,6 +15,7 @@ runs the ``streamwatch`` package found there (e.g. an older commit unpacked with
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> int:
     ap.add_argument("--root", type=Path, help="run the streamwatch package found here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sw-paced-"))
+    os.chmod(work, 0o755)  # Mosquitto, started as root, drops to its own user
     bundles = bl.make_bundles(work, {"gaussian": 1000}, True, print)
     broker = bl.Broker(work / "broker")
     d = bl.Daemon(work, broker.port, "gaussian", bundles["gaussian"], root=args.root)
