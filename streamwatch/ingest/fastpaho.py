@@ -17,6 +17,10 @@ Stock paho also queues each acknowledgement as its own packet, with a wake-up wr
 socket pair and a ``send`` per PUBACK. :meth:`FastClient.ack_many` queues the PUBACKs of a
 scored slice, in arrival order, as one write.
 
+After each socket read it sets ``TCP_QUICKACK`` (Linux), so that a broker with Nagle's
+algorithm on (Mosquitto's default) is not held waiting for the delayed-ACK timer when nothing
+else goes back to it (QoS 0).
+
 It relies on paho internals (``_sock_recv``, ``_packet_queue``, ``_handle_publish``,
 ``_handle_on_message``, ``_in_packet``), present in paho 1.6 to 2.2 (pyproject pins paho
 below 2.3); the rest of the packet handling is paho's.
@@ -24,6 +28,8 @@ below 2.3); the rest of the packet handling is paho's.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +43,12 @@ READ_SIZE = 65536
 """Bytes asked of the socket per read (about a thousand small PUBLISH packets)."""
 
 _PUBACK = struct.Struct("!BBH")
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+"""Linux: acknowledge what was read at once, not after the delayed-ACK timer. A broker that
+leaves Nagle's algorithm on (Mosquitto's default, ``set_tcp_nodelay false``) holds each small
+packet until the previous one is acknowledged; with QoS 0 this client sends nothing back that
+an ACK could ride on, so without this every burst waited up to the timer (tens of ms)."""
 
 
 class _Received(MQTTMessage):
@@ -91,6 +103,8 @@ class FastClient(mqtt.Client):
                 raise BlockingIOError
             self._refill = False
             buf = super()._sock_recv(max(bufsize, READ_SIZE))
+            if _QUICKACK is not None:
+                self._quickack()
             if len(buf) <= bufsize:  # an end of file (b""), or all of it asked for
                 self._rbuf = b""
                 self._rpos = 0
@@ -100,6 +114,11 @@ class FastClient(mqtt.Client):
         end = pos + bufsize
         self._rpos = min(end, len(buf))
         return buf[pos:end]
+
+    def _quickack(self) -> None:
+        # Not on a WebSocket wrapper, nor on a socket that has just closed.
+        with contextlib.suppress(AttributeError, OSError):
+            self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # type: ignore[union-attr]
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's read step, repeated while whole packets wait in the read buffer."""

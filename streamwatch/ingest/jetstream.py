@@ -46,7 +46,7 @@ from nats.js.kv import KeyValue
 from streamwatch.config import NATSConfig, PayloadConfig
 from streamwatch.ingest.lease_thread import LeaseThread
 from streamwatch.ingest.leases import default_id
-from streamwatch.ingest.link import AcceptGate, HandOff
+from streamwatch.ingest.link import AcceptGate, HandOff, count_message_error, count_rejects
 from streamwatch.ingest.ownership import (
     NAK_DELAY_S,
     RECONNECT_WAIT_S,
@@ -314,17 +314,7 @@ class JetStreamLink(AcceptGate, PartitionMoves):
             seq = stream_seq(msg)
             context = seq is not None and seq <= self._context_until.get(tok.partition, 0)
             if not context:
-                for reason in out.rejects:
-                    self.metrics.rejected.labels(reason).inc()
-            if out.rejects and not context:
-                _limited.log(
-                    logging.WARNING,
-                    "rejected",
-                    "rejected %d item(s) on %r: %s",
-                    len(out.rejects),
-                    msg.subject,
-                    ", ".join(sorted(set(out.rejects))),
-                )
+                count_rejects(self.metrics, _limited, out.rejects, msg.subject)
             if out.readings:
                 sensor = out.readings[0].sensor
                 if self._where.get(sensor) != tok.partition:
@@ -335,15 +325,7 @@ class JetStreamLink(AcceptGate, PartitionMoves):
             # A message with nothing to score goes through the queue too: acks stay in order.
             self.hand_off(Context(out.readings) if context else out.readings, now, tok)
         except Exception:
-            self.metrics.message_errors.inc()
-            _limited.log(
-                logging.ERROR,
-                "message_error",
-                "error handling a message on %r (acknowledged, counted in "
-                "streamwatch_message_errors_total)",
-                topic,
-                exc_info=True,
-            )
+            count_message_error(self.metrics, _limited, topic)
             self._ack_soon([tok])
 
     def _ack_soon(self, toks: list[Token]) -> None:

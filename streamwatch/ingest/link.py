@@ -15,6 +15,7 @@ Two implementations: :class:`streamwatch.ingest.mqtt.MQTTLink` (paho, the defaul
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -25,11 +26,44 @@ from streamwatch.ingest.raw import Raw
 from streamwatch.outputs.metrics import Metrics
 
 if TYPE_CHECKING:
+    from streamwatch.logutil import RateLimited
     from streamwatch.pipeline.alerts import AlertEvent
 
 HandOff = Callable[[Sequence[Reading] | Raw, float, Any], object]
 """The worker's queue: (readings, a marker or an undecoded message, arrival time,
 acknowledgement token or None)."""
+
+
+def count_rejects(
+    metrics: Metrics, limited: RateLimited, rejects: Sequence[str], where: str
+) -> None:
+    """Count a message's rejected items by reason and say so (rate-limited)."""
+    if not rejects:
+        return
+    for reason in rejects:
+        metrics.rejected.labels(reason).inc()
+    limited.log(
+        logging.WARNING,
+        "rejected",
+        "rejected %d item(s) on %r: %s",
+        len(rejects),
+        where,
+        ", ".join(sorted(set(rejects))),
+    )
+
+
+def count_message_error(metrics: Metrics, limited: RateLimited, topic: str) -> None:
+    """Count a message whose handling raised, with its traceback (rate-limited). Called from
+    an ``except`` block: the message is acknowledged anyway, since it would break again."""
+    metrics.message_errors.inc()
+    limited.log(
+        logging.ERROR,
+        "message_error",
+        "error handling a message on %r (acknowledged, counted in "
+        "streamwatch_message_errors_total)",
+        topic,
+        exc_info=True,
+    )
 
 
 class AcceptGate:

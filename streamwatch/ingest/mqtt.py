@@ -36,7 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from streamwatch.config import ConfigError, MQTTConfig, PayloadConfig, SparkplugConfig
 from streamwatch.control.commands import CommandRequest, request
 from streamwatch.ingest.fastpaho import FastClient
-from streamwatch.ingest.link import AcceptGate
+from streamwatch.ingest.link import AcceptGate, count_message_error, count_rejects
 from streamwatch.ingest.parse import Reading, Silence, parse
 from streamwatch.ingest.raw import Raw
 from streamwatch.ingest.sparkplug import NAMESPACE, SparkplugDecoder, is_sparkplug
@@ -358,17 +358,7 @@ class MQTTLink(AcceptGate):
                         self._shed(shed)
                     return
                 readings, rejects = self._decode(topic, payload, now)
-                for reason in rejects:
-                    self.metrics.rejected.labels(reason).inc()
-                if rejects:
-                    _limited.log(
-                        logging.WARNING,
-                        "rejected",
-                        "rejected %d item(s) on %r: %s",
-                        len(rejects),
-                        topic,
-                        ", ".join(sorted(set(rejects))),
-                    )
+                count_rejects(self.metrics, _limited, rejects, topic)
                 marker = readings.__class__ is Silence or readings.__class__ is CommandRequest
                 if readings or token is not None or marker:
                     # A QoS 1 message with nothing to score goes through the queue too, so
@@ -380,15 +370,7 @@ class MQTTLink(AcceptGate):
             except Exception:
                 # A message that breaks the handler would break it again: acknowledge it (so
                 # it does not hold an in-flight slot forever), but count and say so.
-                self.metrics.message_errors.inc()
-                _limited.log(
-                    logging.ERROR,
-                    "message_error",
-                    "error handling a message on %r (acknowledged, counted in "
-                    "streamwatch_message_errors_total)",
-                    topic,
-                    exc_info=True,
-                )
+                count_message_error(self.metrics, _limited, topic)
             if token is not None and not handed:  # acknowledged in turn, by the worker
                 try:
                     self.hand_off((), time.time(), token)
