@@ -948,7 +948,7 @@ def bench_replay(bundle: Path, quick: bool, log: Callable[[str], None]) -> dict[
 
     res: dict[str, Any] = {}
     n_sens, n_read = (20, 300) if quick else (200, 1000)
-    model = bundles.load(bundle)
+    model = bundles.load(bundle, inference="tensorflow")  # the raw call below is TensorFlow's
     det: Any = model.detector
     det.warm_up()
     cfg = Config.model_validate(
@@ -1128,7 +1128,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run(plan: Plan, tf_threads: tuple[int, int], only: set[str] | None) -> dict[str, Any]:
+def run(
+    plan: Plan, tf_threads: tuple[int, int], only: set[str] | None, litert: bool = True
+) -> dict[str, Any]:
     """Everything, in order; returns the report."""
     started = time.time()
 
@@ -1147,6 +1149,7 @@ def run(plan: Plan, tf_threads: tuple[int, int], only: set[str] | None) -> dict[
             "batch": BATCH,
             "window": WINDOW,
             "tf_threads": list(tf_threads),
+            "litert": litert,
         },
         "load_before": list(os.getloadavg()),
     }
@@ -1162,7 +1165,7 @@ def run(plan: Plan, tf_threads: tuple[int, int], only: set[str] | None) -> dict[
         need = {d: plan.sensors for d in detectors}
         if "lstm-vae" in need:
             need["lstm-vae"] = max(plan.sensors, plan.mem_sensors)
-        bundles = make_bundles(work, need, plan.quick, log)
+        bundles = make_bundles(work, need, plan.quick, log, litert=litert)
         broker = Broker(work)
         rounds = Rounds()
         S = plan.sensors
@@ -1491,8 +1494,14 @@ def markdown(r: dict[str, Any], command: str) -> str:
         f"Python {v['python']}, paho-mqtt {v['paho-mqtt']}, numpy {v['numpy']}, TensorFlow "
         f"{v['tensorflow']}, {v['mosquitto']}. Commit {m['commit']}"
         f"{' (with uncommitted changes)' if m['dirty'] else ''}. "
-        f"TF threads intra {r['plan']['tf_threads'][0]} / inter {r['plan']['tf_threads'][1]}. "
-        f"Load average (1 min) before / after: {r['load_before'][0]:.2f} / "
+        f"TF threads intra {r['plan']['tf_threads'][0]} / inter {r['plan']['tf_threads'][1]}; "
+        "the live LSTM-VAE daemon scores with "
+        + (
+            "LiteRT (the bundle's export, as `streamwatch train` makes it). "
+            if r["plan"].get("litert")
+            else "TensorFlow (`--no-litert`). "
+        )
+        + f"Load average (1 min) before / after: {r['load_before'][0]:.2f} / "
         f"{r['load_after'][0]:.2f}; "
         f"a shared machine, so expect ±15% between runs. Wall time {r['wall_s']:.0f} s.",
         "",
@@ -1535,13 +1544,19 @@ def main() -> int:
     ap.add_argument("--write", type=Path, help="write the Markdown table here")
     ap.add_argument("--tf-threads", default="2,1", help="intra,inter for the daemon (default 2,1)")
     ap.add_argument("--only", help="comma-separated detectors to run (default: all three)")
+    ap.add_argument(
+        "--no-litert",
+        action="store_true",
+        help="LSTM-VAE bundle without its LiteRT export: the daemon scores with TensorFlow "
+        "(default: with it, as `streamwatch train` makes it, so the daemon uses LiteRT)",
+    )
     args = ap.parse_args()
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         print("mosquitto not found (apt-get install mosquitto)", file=sys.stderr)
         return 2
     intra, inter = (int(x) for x in args.tf_threads.split(","))
     only = set(args.only.split(",")) if args.only else None
-    report = run(Plan.make(args.quick), (intra, inter), only)
+    report = run(Plan.make(args.quick), (intra, inter), only, litert=not args.no_litert)
     command = " ".join(["python", "bench/bench_live.py", *sys.argv[1:]])
     report["command"] = command
     if args.report:
