@@ -11,6 +11,7 @@ state saving are the next candidates to move out, into ``outputs/``.)
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -472,6 +473,8 @@ class Daemon:
         try:
             with tfquiet.filtered_native_stderr():
                 self.engine.detector.warm_up()
+            settle_heap()
+            swaps = self.engine.swaps
             self._warm.set()
             while True:
                 stopping = self._stop.is_set()
@@ -487,6 +490,9 @@ class Daemon:
                     if now >= next_watchdog:
                         sdnotify.watchdog()
                         next_watchdog = now + watchdog_every
+                if self.engine.swaps != swaps:  # the old model may now be garbage
+                    swaps = self.engine.swaps
+                    settle_heap()
                 now = time.time()
                 self.heartbeat = now
                 if now >= next_watchdog:
@@ -608,6 +614,19 @@ class Daemon:
         )
         if self.on_alert is not None:
             self.on_alert(ev)
+
+
+def settle_heap() -> None:
+    """Collect, then freeze what is left out of the cyclic collector's full passes.
+
+    What start-up made (modules, the model, configs) lives as long as the process; left in
+    the collector's oldest generation, every full pass walks all of it and stalls the worker
+    for tens of milliseconds (docs/performance.md). Frozen objects are never collected, so
+    after a model swap the old model is unfrozen and collected first (one full pass).
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _slices(items: list[Queued], size: int) -> list[list[Queued]]:

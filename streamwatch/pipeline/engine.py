@@ -68,6 +68,8 @@ class Engine:
         self._pending_groups: Model | None = None
         self._pending_lock = threading.Lock()
         self._recollect = False
+        self.swaps = 0
+        """Models swapped in so far (per-sensor or group); the worker watches it."""
         self.raised: dict[str, str] = dict(raised or {})
         """Sensor -> alert id of every raised alert (persisted by the daemon)."""
         self._raised_changed = False
@@ -166,6 +168,7 @@ class Engine:
             groups_model, self._pending_groups = self._pending_groups, None
         if groups_model is not None and self.groups is not None:
             self.groups.swap(groups_model)
+            self.swaps += 1
         if again:
             self.lifecycle.recollect()
         if new is None:
@@ -180,6 +183,7 @@ class Engine:
                 self.windows.get(sensor, now).state = carried_state
         states = {s: sw.state for s, sw in self.windows.sensors.items() if sw.state is not None}
         self.lifecycle.swap(new, states)
+        self.swaps += 1
 
     # -- the hot path ---------------------------------------------------------------------
 
