@@ -50,6 +50,6 @@ def test_start_up_is_frozen_and_a_reloaded_model_is_collected(
         pub.close()
         assert wait_until(lambda: daemon.engine.swaps > swaps, 10)
         assert wait_until(lambda: gone() is None, 10)
-        assert gc.get_freeze_count() > 0
+        assert wait_until(lambda: gc.get_freeze_count() > 0, 10)  # frozen again
     finally:
         daemon.stop()
