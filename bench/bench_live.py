@@ -31,7 +31,8 @@ the flood rate of the consumer with zero loss. A flood drains a queued backlog i
 batches; paced arrivals come a few at a time, so the **sustained rate** is searched for with
 paced trials: from 90% of the flood rate down by a quarter per step, the first rate the daemon
 keeps up with (its last reading accounted for within ``KEEP_UP_S`` of the last send, zero
-loss). Latency trials run at half the sustained rate, pace the publisher and stamp each reading
+loss). Latency trials (three at each rate; the one with the median p99 is reported) run at
+half the sustained rate, pace the publisher and stamp each reading
 with its send time.
 
 **QoS 0.** The same single-reading flood, sustained search and latency trial once more at QoS 0
@@ -377,7 +378,8 @@ def alerts_main(args: argparse.Namespace) -> int:
 class Broker:
     """A Mosquitto of our own: free port, persistence, large queues, unlimited in-flight."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
+        """``extra``: more lines for ``mosquitto.conf``."""
         self.port = free_port()
         data = workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -389,6 +391,7 @@ class Broker:
             f"persistence true\npersistence_location {data}/\nautosave_interval 600\n"
             "max_queued_messages 10000000\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
             f"log_dest file {workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\n"
+            + "".join(f"{line}\n" for line in extra or [])
         )
         os.chmod(conf, 0o644)
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -842,19 +845,30 @@ def latency_at(
     batch: int = 1,
     qos: int = 1,
 ) -> dict[str, Any]:
-    """``latency_trial`` at ``rate`` readings/s, logged."""
+    """``latency_trial`` at ``rate`` readings/s, ``plan.latency_trials`` times (logged); the
+    trial with the median p99, with every trial's p99 and p50 beside it. One hiccup of the
+    shared machine moves a single trial's p99 (the 5th-worst of some 500 alerts) by tens of
+    milliseconds, so one trial is no figure."""
     r = rate / batch
     msgs = max(int(r * plan.latency_s), sensors)
     spike = max(100, int(rate / 100))
-    t = latency_trial(d, port, rounds.feed(sensors, msgs, batch, spike, qos), r, grace)
-    log(
-        f"{label} latency at {rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
-        f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts, lost {t['lost']:.0f}; "
-        f"daemon arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, p99 "
-        f"{t['daemon_p99_ms']:.1f} ms; publisher behind schedule p99 "
-        f"{t['send_lag_p99_ms']:.1f} ms"
-    )
-    return t
+    runs = []
+    for _ in range(plan.latency_trials):
+        t = latency_trial(d, port, rounds.feed(sensors, msgs, batch, spike, qos), r, grace)
+        log(
+            f"{label} latency at {rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
+            f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts, lost {t['lost']:.0f}; "
+            f"daemon arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, p99 "
+            f"{t['daemon_p99_ms']:.1f} ms; publisher behind schedule p99 "
+            f"{t['send_lag_p99_ms']:.1f} ms"
+        )
+        runs.append(t)
+    by_p99 = sorted(runs, key=lambda t: t["p99_ms"])
+    out = dict(by_p99[len(by_p99) // 2])
+    out["trials_p99_ms"] = [t["p99_ms"] for t in runs]
+    out["trials_p50_ms"] = [t["p50_ms"] for t in runs]
+    out["lost"] = sum(t["lost"] for t in runs)
+    return out
 
 
 def qos0_trials(
@@ -1033,6 +1047,7 @@ class Plan:
     single_msgs: int = 60_000
     batched_msgs: int = 6_000
     latency_s: float = 6.0
+    latency_trials: int = 3
     confirm_s: float = 6.0
     mem_sensors: int = 10_000
     detectors: tuple[str, ...] = ("gaussian", "gmm", "lstm-vae")
@@ -1051,6 +1066,7 @@ class Plan:
             single_msgs=3000,
             batched_msgs=200,
             latency_s=1.0,
+            latency_trials=1,
             confirm_s=0.0,
             mem_sensors=200,
             detectors=("gaussian", "lstm-vae"),
@@ -1330,7 +1346,8 @@ def _latency_row(
         f"{det}, {qos}p99 reading-to-alert, {kind} at 50% of sustained "
         f"({lat.get('offered_readings_per_s', math.nan):,.0f}/s of "
         f"{sus.get('readings_per_s', math.nan):,.0f}/s{how}; "
-        f"p50 {lat.get('p50_ms', math.nan):.1f} ms, {lat.get('n', 0)} alerts)",
+        f"p50 {lat.get('p50_ms', math.nan):.1f} ms, {lat.get('n', 0)} alerts; "
+        f"trials' p99 {', '.join(f'{x:.0f}' for x in lat.get('trials_p99_ms', []))} ms)",
         f"≤ {TARGETS['p99_ms']:.0f} ms",
         p99,
         "ms",

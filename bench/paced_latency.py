@@ -1,15 +1,18 @@
-"""Reading-to-alert latency of a Gaussian daemon at given offered rates (issue 15).
+"""Reading-to-alert latency of one daemon at given offered rates (issue 15).
 
 Usage::
 
-    python bench/paced_latency.py --rates 5193,3000 [--root /path/to/an/older/checkout]
+    python bench/paced_latency.py --rates 16000,4000 [--detector gaussian|gmm|lstm-vae]
+        [--qos 0|1] [--broker-nodelay] [--tf] [--root /path/to/an/older/checkout]
 
-One Mosquitto and one ``streamwatch run`` (``bench_live``'s, 1,000 sensors, primed with a
-full window each), then for each rate ``bench_live.latency_trial``: single-reading QoS 1
-messages stamped with their send time for 6 s, with spikes, a separate subscriber timing
-every raised alert, and the daemon's own arrival-to-verdict histogram beside it. ``--root``
-runs the ``streamwatch`` package found there (e.g. an older commit unpacked with
-``git archive``). A benchmark, not a test: it asserts nothing.
+One Mosquitto (``bench_live``'s; ``--broker-nodelay`` adds ``set_tcp_nodelay true``) and one
+``streamwatch run`` (1,000 sensors, primed with a full window each), then for each rate
+``bench_live.latency_trial``: single-reading messages at ``--qos`` stamped with their send
+time for 6 s, with spikes, a separate subscriber timing every raised alert, and the daemon's
+own arrival-to-verdict histogram beside it. The LSTM-VAE bundle carries its LiteRT export
+(as ``streamwatch train`` makes it) unless ``--tf``. ``--root`` runs the ``streamwatch``
+package found there (e.g. an older commit unpacked with ``git archive``), for A/B runs.
+A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,23 +32,29 @@ def main() -> int:
     """Run the trials; print one line per rate."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rates", default="5193,3000", help="offered readings/s, comma-separated")
+    ap.add_argument("--detector", default="gaussian", choices=("gaussian", "gmm", "lstm-vae"))
+    ap.add_argument("--qos", type=int, default=1, choices=(0, 1))
+    ap.add_argument("--broker-nodelay", action="store_true", help="set_tcp_nodelay true")
+    ap.add_argument("--tf", action="store_true", help="LSTM-VAE without its LiteRT export")
     ap.add_argument("--root", type=Path, help="run the streamwatch package found here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sw-paced-"))
     os.chmod(work, 0o755)  # Mosquitto, started as root, drops to its own user
-    bundles = bl.make_bundles(work, {"gaussian": 1000}, True, print)
-    broker = bl.Broker(work / "broker")
-    d = bl.Daemon(work, broker.port, "gaussian", bundles["gaussian"], root=args.root)
+    det, qos = args.detector, args.qos
+    bundles = bl.make_bundles(work, {det: 1000}, True, print, litert=not args.tf)
+    broker = bl.Broker(work / "broker", ["set_tcp_nodelay true"] if args.broker_nodelay else [])
+    d = bl.Daemon(work, broker.port, det, bundles[det], root=args.root, qos=qos)
     rounds = bl.Rounds()
     try:
-        bl.daemon_trial(d, broker.port, rounds.feed(1000, 1000 * (bl.WINDOW + 5)), 0, 30.0)
+        bl.daemon_trial(d, broker.port, rounds.feed(1000, 1000 * (bl.WINDOW + 5), qos=qos), 0, 30)
         for rate in (float(x) for x in args.rates.split(",")):
-            feed = rounds.feed(1000, int(rate * 6), 1, max(100, int(rate / 100)))
+            feed = rounds.feed(1000, int(rate * 6), 1, max(100, int(rate / 100)), qos)
             t = bl.latency_trial(d, broker.port, feed, rate, 6.0)
             print(
-                f"rate {rate:,.0f}/s: p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms over "
-                f"{t['n']} alerts; daemon arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, "
-                f"p99 {t['daemon_p99_ms']:.1f} ms; lost {t['lost']:.0f}",
+                f"{det} QoS {qos} at {rate:,.0f}/s: p50 {t['p50_ms']:.1f} ms, "
+                f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts; daemon arrival-to-verdict "
+                f"p50 {t['daemon_p50_ms']:.1f} ms, p99 {t['daemon_p99_ms']:.1f} ms; "
+                f"lost {t['lost']:.0f}",
                 flush=True,
             )
     finally:
