@@ -651,7 +651,7 @@ class Daemon:
         self.log = workdir / f"streamwatch-{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
         if root is not None:
-            env["PYTHONPATH"] = str(root)
+            env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [python, "-m", "streamwatch", "run", "--config", str(conf)],

@@ -27,6 +27,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_live as bl
 
+_GC_HOOK = """
+import atexit, gc, os, time
+_start = [0.0]
+_seen = {}
+def _cb(phase, info):
+    if phase == "start":
+        _start[0] = time.perf_counter()
+    else:
+        _seen.setdefault(info["generation"], []).append(time.perf_counter() - _start[0])
+def _dump():
+    with open(os.path.join("OUT", f"gc-{os.getpid()}.txt"), "w") as f:
+        for g, xs in sorted(_seen.items()):
+            xs.sort()
+            f.write(f"generation {g}: {len(xs)} collections, longest {xs[-1] * 1e3:.1f} ms, "
+                    f"{sum(x > 0.005 for x in xs)} over 5 ms, {sum(xs) * 1e3:.0f} ms in all\\n")
+gc.callbacks.append(_cb)
+atexit.register(_dump)
+"""
+"""A ``sitecustomize`` for the daemon (``--gc-log``): times every collection, writes a
+summary per generation at exit."""
+
 
 def main() -> int:
     """Run the trials; print one line per rate."""
@@ -37,13 +58,28 @@ def main() -> int:
     ap.add_argument("--broker-nodelay", action="store_true", help="set_tcp_nodelay true")
     ap.add_argument("--tf", action="store_true", help="LSTM-VAE without its LiteRT export")
     ap.add_argument("--root", type=Path, help="run the streamwatch package found here")
+    ap.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="time the daemon's garbage collections (gc.callbacks) and print them at the end",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sw-paced-"))
     os.chmod(work, 0o755)  # Mosquitto, started as root, drops to its own user
     det, qos = args.detector, args.qos
+    pythonpath = os.environ.get("PYTHONPATH")
+    if args.gc_log:
+        site = work / "gcsite"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_GC_HOOK.replace("OUT", str(work)))
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [pythonpath])])
     bundles = bl.make_bundles(work, {det: 1000}, True, print, litert=not args.tf)
     broker = bl.Broker(work / "broker", ["set_tcp_nodelay true"] if args.broker_nodelay else [])
     d = bl.Daemon(work, broker.port, det, bundles[det], root=args.root, qos=qos)
+    if args.gc_log:  # only the daemon gets the hook
+        os.environ.pop("PYTHONPATH")
+        if pythonpath is not None:
+            os.environ["PYTHONPATH"] = pythonpath
     rounds = bl.Rounds()
     try:
         bl.daemon_trial(d, broker.port, rounds.feed(1000, 1000 * (bl.WINDOW + 5), qos=qos), 0, 30)
@@ -60,6 +96,9 @@ def main() -> int:
     finally:
         d.stop()
         broker.stop()
+    if args.gc_log:
+        for f in sorted(work.glob(f"gc-{d.proc.pid}.txt")):
+            print(f"daemon's collections (whole run, start-up included):\n{f.read_text()}")
     return 0
 
 
