@@ -863,8 +863,9 @@ def latency_at(
             f"{t['send_lag_p99_ms']:.1f} ms"
         )
         runs.append(t)
-    by_p99 = sorted(runs, key=lambda t: t["p99_ms"])
-    out = dict(by_p99[len(by_p99) // 2])
+    # A trial without a raise (its sensors still raised from the last one) has no p99.
+    timed = sorted((t for t in runs if t["n"]), key=lambda t: t["p99_ms"]) or runs
+    out = dict(timed[len(timed) // 2])
     out["trials_p99_ms"] = [t["p99_ms"] for t in runs]
     out["trials_p50_ms"] = [t["p50_ms"] for t in runs]
     out["lost"] = sum(t["lost"] for t in runs)
