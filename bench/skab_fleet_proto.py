@@ -74,7 +74,7 @@ def _patched_score_series(self: RobustDetector, sensor: str, values: np.ndarray)
 
 CALIBRATE_UNWIDENED = True
 RobustDetector.adapt = _patched_adapt  # type: ignore[method-assign]
-RobustDetector.score_series = _patched_score_series  # type: ignore[method-assign]
+RobustDetector.score_series = _patched_score_series  # type: ignore[method-assign,assignment]
 
 
 def block_ratios(cfg: Any, v: np.ndarray, block: int, horizon: int | None) -> np.ndarray:
@@ -133,6 +133,7 @@ def ratios(cfg: Any, ds: Any, variant: str, verbose: bool) -> dict[str, np.ndarr
         if horizon == "const":
             agg = np.full(len(PARTS), q)
         else:
+            assert horizon is None or isinstance(horizon, int)
             r = block_ratios(cfg, v, SKAB_TRAIN_ROWS, horizon)
             agg = np.quantile(r, q, axis=0)
         agg = np.maximum(agg, 1.0)
