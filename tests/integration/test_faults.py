@@ -123,6 +123,11 @@ class Stream:
         )
         self.client.max_inflight_messages_set(1)
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        # Acknowledged message ids, from paho's on_publish: a message published in the instant
+        # the broker went away has an info whose is_published() raises, though paho resends
+        # it after the reconnect and the broker may well accept it then.
+        self._acked_mids: set[int] = set()
+        self.client.on_publish = lambda c, u, mid, rc, p: self._acked_mids.add(mid)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.infos: list[mqtt.MQTTMessageInfo] = []
@@ -154,11 +159,12 @@ class Stream:
             self._thread.join(10)
         deadline = time.monotonic() + flush_s
         for info in self.infos:
-            while not info.is_published() and time.monotonic() < deadline:
+            while info.mid not in self._acked_mids and time.monotonic() < deadline:
                 time.sleep(0.01)
 
     def acked(self) -> list[int]:
-        return [i for i, info in enumerate(self.infos) if info.is_published()]
+        done = self._acked_mids
+        return [i for i, info in enumerate(self.infos) if info.mid in done]
 
     def close(self) -> None:
         self.client.disconnect()

@@ -36,7 +36,7 @@ def test_start_up_is_frozen_and_a_reloaded_model_is_collected(
     daemon.start()
     try:
         assert daemon.wait_ready(30)
-        assert gc.get_freeze_count() > 0
+        assert wait_until(lambda: gc.get_freeze_count() > 0, 30)  # once warmed up
         old = daemon.engine.model.detector
         # A reference cycle through the frozen detector: only the cyclic collector can free
         # it, and only if the detector is unfrozen first.
