@@ -473,7 +473,7 @@ class Daemon:
         try:
             with tfquiet.filtered_native_stderr():
                 self.engine.detector.warm_up()
-            settle_heap()
+            settle_heap(after_swap=False)
             swaps = self.engine.swaps
             self._warm.set()
             while True:
@@ -616,15 +616,17 @@ class Daemon:
             self.on_alert(ev)
 
 
-def settle_heap() -> None:
+def settle_heap(after_swap: bool = True) -> None:
     """Collect, then freeze what is left out of the cyclic collector's full passes.
 
     What start-up made (modules, the model, configs) lives as long as the process; left in
     the collector's oldest generation, every full pass walks all of it and stalls the worker
     for tens of milliseconds (docs/performance.md). Frozen objects are never collected, so
-    after a model swap the old model is unfrozen and collected first (one full pass).
+    ``after_swap`` everything is unfrozen first and the old model collected (one full pass
+    over the whole heap); at start-up, what is frozen already stays so.
     """
-    gc.unfreeze()
+    if after_swap:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 

@@ -289,7 +289,7 @@ def _refused(daemon: Daemon, broker: Mosquitto, watch_s: float = 4.0) -> tuple[s
     """Run the daemon for ``watch_s`` against a broker that refuses it: (reason, attempts)."""
     daemon.start()
     try:
-        assert wait_until(lambda: _attempts(broker) >= 1, timeout=10)
+        assert wait_until(lambda: _attempts(broker) >= 1, timeout=30)
         first = time.monotonic()
         time.sleep(watch_s)  # an observation window, not a timing assertion
         attempts = _attempts(broker)
