@@ -21,9 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from streamwatch.config import load, override  # noqa: E402
+from streamwatch.config import Config, load, override  # noqa: E402
 from streamwatch.detectors import bundle  # noqa: E402
-from streamwatch.evaluation.datasets import from_skab  # noqa: E402
+from streamwatch.evaluation.datasets import Dataset, from_skab  # noqa: E402
+from streamwatch.pipeline.alerts import AlertEvent  # noqa: E402
 from streamwatch.replay import replay  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "skab"
@@ -35,6 +36,30 @@ def _cause(parts: dict[str, float] | None) -> str:
     if parts.get("gap"):
         return "gap"
     return max(parts, key=lambda k: parts[k])
+
+
+def experiment_raises(
+    cfg: Config, ds: Dataset, sensors: list[str]
+) -> tuple[int, int, list[AlertEvent]]:
+    """One SKAB experiment's sensors through the warm-up protocol (each warms up on the
+    experiment's training rows): (labelled events found, labelled events, the raises outside
+    every event)."""
+    n = ds.n_train[sensors[0]]
+    learning = cfg.learning.model_copy(update={"warmup": max(10, n)})
+    c = cfg.model_copy(update={"learning": learning})
+    model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
+    events = replay(c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors})
+    spans = [(e.start, e.end) for e in ds.events if e.sensor == sensors[0]]
+    hit = [False] * len(spans)
+    false = []
+    for ev in events:
+        if ev.state != "raised":
+            continue
+        inside = [a <= ev.ts <= b for a, b in spans]
+        hit = [h or i for h, i in zip(hit, inside, strict=True)]
+        if not any(inside):
+            false.append(ev)
+    return sum(hit), len(spans), false
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,20 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     by_pair: Counter[tuple[str, str]] = Counter()
     found = total = 0
     for g, sensors in sorted(ds.groups.items()) if ds.groups else ():
-        n = ds.n_train[sensors[0]]
-        learning = cfg.learning.model_copy(update={"warmup": max(10, n)})
-        c = cfg.model_copy(update={"learning": learning})
-        model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
-        events = replay(c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors})
-        spans = [(e.start, e.end) for e in ds.events if e.sensor == sensors[0]]
-        hit = [False] * len(spans)
-        for ev in events:
-            if ev.state != "raised":
-                continue
-            inside = [a <= ev.ts <= b for a, b in spans]
-            hit = [h or i for h, i in zip(hit, inside, strict=True)]
-            if any(inside):
-                continue
+        hit, spans, false = experiment_raises(cfg, ds, sensors)
+        for ev in false:
             col = ev.sensor.rsplit("/", 1)[1]
             cause = _cause(ev.parts)
             by_col[col] += 1
@@ -81,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = int(np.searchsorted(t, ev.ts))
                 dt = float(t[row] - t[row - 1]) if row > 0 else 0.0
                 print(f"{g} {col:22s} row {row:5d} dt {dt:5.1f}s {cause:7s} {ev.parts}")
-        found += sum(hit)
-        total += len(spans)
+        found += hit
+        total += spans
     print(f"events found {found}/{total}; false raises {sum(by_col.values())}")
     print("by column:", dict(by_col.most_common()))
     print("by cause: ", dict(by_cause.most_common()))

@@ -24,14 +24,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from skab_false_raises import experiment_raises  # noqa: E402
 
 from streamwatch.config import load  # noqa: E402
-from streamwatch.detectors import bundle  # noqa: E402
 from streamwatch.detectors.robust import PARTS, RobustDetector  # noqa: E402
 from streamwatch.evaluation.datasets import SKAB_TRAIN_ROWS, from_skab  # noqa: E402
-from streamwatch.replay import replay  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "skab"
 WIDEN: dict[str, np.ndarray] = {}
@@ -150,24 +150,13 @@ def ratios(cfg: Any, ds: Any, variant: str, verbose: bool) -> dict[str, np.ndarr
 def warmup(cfg: Any, ds: Any) -> tuple[int, int, int]:
     found = total = false = 0
     for _g, sensors in sorted(ds.groups.items()):
-        n = ds.n_train[sensors[0]]
-        learning = cfg.learning.model_copy(update={"warmup": max(10, n)})
-        c = cfg.model_copy(update={"learning": learning})
-        model = bundle.fresh(c.detector, c.windows.length, c.threshold.false_alarm_rate)
-        events = replay(c, model, {s: (ds.ts[s], ds.value[s]) for s in sensors})
-        spans = [(e.start, e.end) for e in ds.events if e.sensor == sensors[0]]
-        hit = [False] * len(spans)
-        for ev in events:
-            if ev.state != "raised":
-                continue
-            inside = [a <= ev.ts <= b for a, b in spans]
-            hit = [h or i for h, i in zip(hit, inside, strict=True)]
-            false += not any(inside)
-            if not any(inside):
-                parts = ev.parts or {"?": 0.0}
-                FALSE_BY.append((ev.sensor, max(parts, key=lambda k: parts[k])))
-        found += sum(hit)
-        total += len(spans)
+        hit, spans, outside = experiment_raises(cfg, ds, sensors)
+        for ev in outside:
+            parts = ev.parts or {"?": 0.0}
+            FALSE_BY.append((ev.sensor, max(parts, key=lambda k: parts[k])))
+        found += hit
+        total += spans
+        false += len(outside)
     return found, total, false
 
 
