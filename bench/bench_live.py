@@ -811,38 +811,51 @@ DONE_S = 1.0
 """See ``KEEP_UP_S`` (the end is interpolated between polls 0.5 s apart)."""
 
 
-def sustained_search(
-    d: Daemon,
-    port: int,
-    rounds: Rounds,
-    sensors: int,
-    flood: float,
-    plan: Plan,
-    grace: float,
-    log: Callable[[str], None],
-    label: str,
-    batch: int = 1,
-    qos: int = 1,
-) -> dict[str, Any]:
+@dataclass
+class Pacing:
+    """What one daemon's paced trials share: the daemon, where to publish, the plan and the
+    log, and the form of the messages (``batch`` readings each, at ``qos``)."""
+
+    d: Daemon
+    port: int
+    rounds: Rounds
+    plan: Plan
+    grace: float
+    log: Callable[[str], None]
+    label: str
+    batch: int = 1
+    qos: int = 1
+
+
+def paced(p: Pacing, flood: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sustained rate (:func:`sustained_search`), then latency at half of it
+    (:func:`latency_at`)."""
+    sus = sustained_search(p, flood)
+    return sus, latency_at(p, 0.5 * sus["readings_per_s"])
+
+
+def sustained_search(p: Pacing, flood: float) -> dict[str, Any]:
     """The sustained rate: the highest paced rate (readings/s) tried that the daemon kept up
     with (see ``KEEP_UP_S``) at zero loss, from 90% of the flood rate down by 15% per step (at
     most 8 steps).
     A flood drains a queued backlog in large cheap batches; paced arrivals come in small ones,
     so the paced rate is the one to halve for the latency trials. ``plan.confirm_s == 0``
     (``--quick``): no search, the flood rate is taken."""
+    plan, S, batch = p.plan, p.plan.sensors, p.batch
     if not plan.confirm_s:
         return {"readings_per_s": flood, "found": None, "tried": []}
     tried: list[dict[str, Any]] = []
     r = 0.9 * flood
     for _ in range(8):
-        msgs = max(int(r / batch * plan.confirm_s), sensors)
-        t = daemon_trial(d, port, rounds.feed(sensors, msgs, batch, qos=qos), r / batch, grace)
+        msgs = max(int(r / batch * plan.confirm_s), S)
+        feed = p.rounds.feed(S, msgs, batch, qos=p.qos)
+        t = daemon_trial(p.d, p.port, feed, r / batch, p.grace)
         ok = bool(t["zero_loss"]) and t["max_lag_s"] <= KEEP_UP_S and t["kept_up_s"] <= DONE_S
         tried.append({"offered_readings_per_s": r, "kept_up_s": t["kept_up_s"], "ok": ok} | t)
-        log(
-            f"{label} paced at {r:,.0f}/s: lost {t['lost']:.0f}, at most {t['max_lag_s']:.2f}s "
-            f"behind while sending, done {t['kept_up_s']:.2f}s after the last send: "
-            f"{'kept up' if ok else 'fell behind'}"
+        p.log(
+            f"{p.label} paced at {r:,.0f}/s: lost {t['lost']:.0f}, at most "
+            f"{t['max_lag_s']:.2f}s behind while sending, done {t['kept_up_s']:.2f}s after the "
+            f"last send: {'kept up' if ok else 'fell behind'}"
         )
         if ok:
             return {"readings_per_s": r, "found": True, "tried": tried}
@@ -850,32 +863,22 @@ def sustained_search(
     return {"readings_per_s": r / 0.85, "found": False, "tried": tried}
 
 
-def latency_at(
-    d: Daemon,
-    port: int,
-    rounds: Rounds,
-    sensors: int,
-    rate: float,
-    plan: Plan,
-    grace: float,
-    log: Callable[[str], None],
-    label: str,
-    batch: int = 1,
-    qos: int = 1,
-) -> dict[str, Any]:
+def latency_at(p: Pacing, rate: float) -> dict[str, Any]:
     """``latency_trial`` at ``rate`` readings/s, ``plan.latency_trials`` times (logged); the
     figures are over every alert of every trial pooled, each trial's p99 beside them. One
     hiccup of the shared machine moves a single trial's p99 (the 5th-worst of some 500 alerts)
     by tens of milliseconds, and a later trial raises fewer alerts (sensors raised by the one
     before have not cleared yet), so one trial is no figure."""
-    r = rate / batch
-    msgs = max(int(r * plan.latency_s), sensors)
+    plan, S = p.plan, p.plan.sensors
+    r = rate / p.batch
+    msgs = max(int(r * plan.latency_s), S)
     spike = max(100, int(rate / 100))
     runs = []
     for _ in range(plan.latency_trials):
-        t = latency_trial(d, port, rounds.feed(sensors, msgs, batch, spike, qos), r, grace)
-        log(
-            f"{label} latency at {rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
+        feed = p.rounds.feed(S, msgs, p.batch, spike, p.qos)
+        t = latency_trial(p.d, p.port, feed, r, p.grace)
+        p.log(
+            f"{p.label} latency at {rate:,.0f} readings/s: p50 {t['p50_ms']:.1f} ms, "
             f"p99 {t['p99_ms']:.1f} ms over {t['n']} alerts, lost {t['lost']:.0f}; "
             f"daemon arrival-to-verdict p50 {t['daemon_p50_ms']:.1f} ms, p99 "
             f"{t['daemon_p99_ms']:.1f} ms; publisher behind schedule p99 "
@@ -919,14 +922,8 @@ def qos0_trials(
             f"{det} single, QoS 0: {t['readings_per_s']:,.0f} readings/s, lost {t['lost']:.0f}, "
             f"shed {t['shed']:.0f}, rejected {t['rejected']:.0f}"
         )
-        label = f"{det} single, QoS 0,"
-        sus = sustained_search(
-            d, port, rounds, S, t["readings_per_s"], plan, grace, log, label, qos=0
-        )
-        out["single_sustained"] = sus
-        out["single_latency"] = latency_at(
-            d, port, rounds, S, 0.5 * sus["readings_per_s"], plan, grace, log, label, qos=0
-        )
+        pacing = Pacing(d, port, rounds, plan, grace, log, f"{det} single, QoS 0,", qos=0)
+        out["single_sustained"], out["single_latency"] = paced(pacing, t["readings_per_s"])
     finally:
         d.stop()
     return out
@@ -1265,22 +1262,11 @@ def run(
                         f"shed {t['shed']:.0f}, rejected {t['rejected']:.0f}"
                     )
                 for kind, batch in (("single", 1), ("batched", BATCH)):
-                    flood = res[kind]["readings_per_s"]
-                    sus = sustained_search(
-                        d, broker.port, rounds, S, flood, plan, grace, log, f"{det} {kind}", batch
+                    pacing = Pacing(
+                        d, broker.port, rounds, plan, grace, log, f"{det} {kind}", batch
                     )
-                    res[f"{kind}_sustained"] = sus
-                    res[f"{kind}_latency"] = latency_at(
-                        d,
-                        broker.port,
-                        rounds,
-                        S,
-                        0.5 * sus["readings_per_s"],
-                        plan,
-                        grace,
-                        log,
-                        f"{det} {kind}",
-                        batch,
+                    res[f"{kind}_sustained"], res[f"{kind}_latency"] = paced(
+                        pacing, res[kind]["readings_per_s"]
                     )
                 if det == "lstm-vae":
                     n = plan.mem_sensors
